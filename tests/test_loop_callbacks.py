@@ -1,0 +1,254 @@
+"""call_soon, call_soon_threadsafe, handles, iteration boundaries and contextvars."""
+
+import asyncio
+import contextvars
+import sys
+import threading
+import time
+
+import pytest
+
+var = contextvars.ContextVar("var", default="unset")
+
+
+def test_call_soon_runs_in_fifo_order_with_args(loop):
+    calls = []
+    for i in range(100):
+        loop.call_soon(calls.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == list(range(100))
+
+
+def test_call_soon_passes_several_args(loop):
+    calls = []
+    loop.call_soon(lambda *args: calls.append(args), 1, "two", None)
+    loop.call_soon(lambda: calls.append(()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == [(1, "two", None), ()]
+
+
+def test_call_soon_returns_a_cancellable_handle(loop):
+    calls = []
+    handle = loop.call_soon(calls.append, "cancelled")
+    loop.call_soon(calls.append, "kept")
+    assert isinstance(handle, asyncio.Handle)
+    assert not handle.cancelled()
+    handle.cancel()
+    assert handle.cancelled()
+    handle.cancel()  # a second cancel is harmless
+    assert handle.cancelled()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["kept"]
+
+
+def test_handle_cancelled_by_an_earlier_callback_of_the_same_iteration_never_runs(loop):
+    calls = []
+    second = None
+
+    def first():
+        calls.append("first")
+        second.cancel()
+
+    loop.call_soon(first)
+    second = loop.call_soon(calls.append, "second")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["first"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Handle.get_context() is new in 3.12")
+def test_handle_get_context_returns_the_given_context(loop):
+    ctx = contextvars.copy_context()
+    handle = loop.call_soon(print, context=ctx)
+    assert handle.get_context() is ctx
+    handle.cancel()
+    default = loop.call_soon(print)
+    assert isinstance(default.get_context(), contextvars.Context)
+    default.cancel()
+
+
+def test_callbacks_scheduled_during_an_iteration_run_in_the_next_one(loop):
+    calls = []
+
+    def first():
+        calls.append("first")
+        loop.call_soon(calls.append, "scheduled by first")
+        loop.stop()
+
+    loop.call_soon(first)
+    loop.call_soon(calls.append, "already ready")
+    loop.run_forever()
+    # stop() ends the loop after the current iteration: only what was ready at its start ran.
+    assert calls == ["first", "already ready"]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["first", "already ready", "scheduled by first"]
+
+
+def test_stop_before_run_forever_runs_exactly_one_iteration(loop):
+    calls = []
+
+    def first():
+        calls.append("first")
+        loop.call_soon(calls.append, "next iteration")
+
+    loop.stop()
+    loop.call_soon(first)
+    loop.run_forever()
+    assert calls == ["first"]
+    assert not loop.is_running()
+
+
+def test_stop_called_twice_stops_only_once(loop):
+    calls = []
+    loop.call_soon(loop.stop)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.call_soon(calls.append, "second run")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["second run"]
+
+
+def test_get_running_loop_inside_a_callback_returns_the_loop(loop):
+    seen = []
+    loop.call_soon(lambda: seen.append(asyncio.get_running_loop()))
+    loop.call_soon(lambda: seen.append(asyncio.get_event_loop()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen[0] is loop
+    assert seen[1] is loop
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+
+def test_callback_runs_in_a_copy_of_the_context_at_scheduling_time(loop):
+    seen = []
+    token = var.set("at scheduling")
+    try:
+        loop.call_soon(lambda: seen.append(var.get()))
+    finally:
+        var.reset(token)
+    token = var.set("after scheduling")
+    try:
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    finally:
+        var.reset(token)
+    assert seen == ["at scheduling"]
+
+
+def test_callback_runs_in_the_given_context(loop):
+    seen = []
+    ctx = contextvars.Context()
+    ctx.run(var.set, "in ctx")
+    loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    loop.call_later(0, lambda: seen.append(var.get()), context=ctx)
+    loop.call_at(loop.time(), lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon_threadsafe(lambda: seen.append(var.get()), context=ctx)
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert seen == ["in ctx"] * 4
+
+
+def test_context_changes_inside_a_callback_do_not_leak(loop):
+    seen = []
+    ctx = contextvars.Context()
+
+    def setter():
+        var.set("inside")
+        seen.append(var.get())
+
+    loop.call_soon(setter)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(setter, context=ctx)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["inside", "unset", "inside", "unset"]
+    assert var.get() == "unset"
+    # The explicit context keeps what the callback set in it.
+    assert ctx[var] == "inside"
+
+
+def test_call_soon_threadsafe_wakes_a_loop_with_nothing_scheduled(loop):
+    def from_thread():
+        time.sleep(0.1)
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=from_thread)
+    start = time.monotonic()
+    thread.start()
+    loop.run_forever()
+    elapsed = time.monotonic() - start
+    thread.join()
+    assert 0.09 <= elapsed < 2
+
+
+def test_call_soon_threadsafe_wakes_a_loop_waiting_for_a_far_timer(loop):
+    calls = []
+    far = loop.call_later(3600, calls.append, "far")
+
+    def from_thread():
+        time.sleep(0.05)
+        loop.call_soon_threadsafe(calls.append, "from thread")
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=from_thread)
+    start = time.monotonic()
+    thread.start()
+    loop.run_forever()
+    thread.join()
+    assert time.monotonic() - start < 2
+    assert calls == ["from thread"]
+    far.cancel()
+
+
+def test_call_soon_threadsafe_from_many_threads_delivers_every_callback(loop):
+    calls = []
+    n_threads, per_thread = 8, 200
+
+    def producer(t):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(calls.append, (t, i))
+
+    def start_producers():
+        threads = [threading.Thread(target=producer, args=(t,)) for t in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        loop.call_soon_threadsafe(loop.stop)
+
+    threading.Thread(target=start_producers).start()
+    loop.run_forever()
+    assert len(calls) == n_threads * per_thread
+    for t in range(n_threads):
+        # Each thread's callbacks keep their order.
+        assert [i for (u, i) in calls if u == t] == list(range(per_thread))
+
+
+def test_call_soon_threadsafe_returns_a_cancellable_handle(loop):
+    calls = []
+    handle = loop.call_soon_threadsafe(calls.append, "cancelled")
+    assert isinstance(handle, asyncio.Handle)
+    handle.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == []
+
+
+def test_handles_run_the_callback_object_itself(loop):
+    calls = []
+
+    class Callable:
+        def __call__(self, arg):
+            calls.append(arg)
+
+    loop.call_soon(Callable(), "object")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["object"]
