@@ -1,0 +1,268 @@
+"""add_reader / add_writer / remove_*: readiness callbacks on file descriptors."""
+
+import os
+import resource
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def run_for(loop, seconds):
+    loop.call_later(seconds, loop.stop)
+    loop.run_forever()
+
+
+@pytest.mark.parametrize("as_fd", [False, True], ids=["socket", "fd"])
+def test_reader_is_called_with_its_args_when_data_arrives(loop, pair, as_fd):
+    a, b = pair
+    received = []
+
+    def on_readable(tag):
+        received.append((tag, a.recv(100)))
+        loop.stop()
+
+    loop.add_reader(a.fileno() if as_fd else a, on_readable, "tag")
+    b.send(b"hello")
+    loop.run_forever()
+    assert received == [("tag", b"hello")]
+    assert loop.remove_reader(a.fileno() if as_fd else a) is True
+
+
+@pytest.mark.parametrize("as_fd", [False, True], ids=["socket", "fd"])
+def test_writer_is_called_when_writable(loop, pair, as_fd):
+    a, b = pair
+    calls = []
+
+    def on_writable(tag):
+        calls.append(tag)
+        assert loop.remove_writer(a.fileno() if as_fd else a) is True
+        loop.stop()
+
+    loop.add_writer(a.fileno() if as_fd else a, on_writable, "w")
+    loop.run_forever()
+    assert calls == ["w"]
+
+
+def test_add_reader_returns_none(loop, pair):
+    a, _ = pair
+    assert loop.add_reader(a, print) is None
+    assert loop.add_writer(a, print) is None
+    loop.remove_reader(a)
+    loop.remove_writer(a)
+
+
+def test_remove_returns_whether_a_callback_was_registered(loop, pair):
+    a, _ = pair
+    assert loop.remove_reader(a) is False
+    assert loop.remove_writer(a) is False
+    loop.add_reader(a, print)
+    assert loop.remove_writer(a) is False  # only a reader is registered
+    assert loop.remove_reader(a) is True
+    assert loop.remove_reader(a) is False
+    loop.add_writer(a.fileno(), print)
+    assert loop.remove_writer(a) is True  # the socket and its fd are the same registration
+    assert loop.remove_writer(a.fileno()) is False
+
+
+def test_reader_is_level_triggered_while_data_remains(loop, pair):
+    a, b = pair
+    chunks = []
+
+    def read_one_byte():
+        chunks.append(a.recv(1))
+
+    loop.add_reader(a, read_one_byte)
+    b.send(b"abc")
+    run_for(loop, 0.02)
+    # One byte per call: called again while unread data remains, and never when none is left.
+    assert chunks == [b"a", b"b", b"c"]
+    loop.remove_reader(a)
+
+
+def test_reader_that_reads_nothing_keeps_being_called(loop, pair):
+    a, b = pair
+    calls = [0]
+
+    def ignore():
+        calls[0] += 1
+        if calls[0] == 5:
+            loop.stop()
+
+    guard = loop.call_later(2, loop.stop)
+    loop.add_reader(a, ignore)
+    b.send(b"x")
+    loop.run_forever()
+    guard.cancel()
+    assert calls[0] == 5
+    loop.remove_reader(a)
+
+
+def test_reader_and_writer_on_the_same_fd(loop, pair):
+    a, b = pair
+    events = []
+
+    def on_readable():
+        events.append(("read", a.recv(100)))
+        loop.remove_reader(a)
+
+    def on_writable():
+        events.append(("write", None))
+        loop.remove_writer(a)
+
+    loop.add_reader(a, on_readable)
+    loop.add_writer(a, on_writable)
+    b.send(b"data")
+    run_for(loop, 0.02)
+    assert sorted(events) == [("read", b"data"), ("write", None)]
+
+
+def test_removing_the_reader_keeps_the_writer(loop, pair):
+    a, _ = pair
+    writes = [0]
+    reads = [0]
+
+    def on_writable():
+        writes[0] += 1
+        if writes[0] == 3:
+            loop.remove_writer(a)
+
+    loop.add_reader(a, lambda: reads.__setitem__(0, reads[0] + 1))
+    loop.add_writer(a, on_writable)
+    assert loop.remove_reader(a) is True
+    run_for(loop, 0.02)
+    assert writes == [3]
+    assert reads == [0]
+
+
+def test_add_reader_again_replaces_the_callback(loop, pair):
+    a, b = pair
+    calls = []
+
+    def reader(tag):
+        calls.append(tag)
+        a.recv(100)
+        loop.stop()
+
+    loop.add_reader(a, reader, "first")
+    loop.add_reader(a.fileno(), reader, "second")
+    b.send(b"x")
+    loop.run_forever()
+    assert calls == ["second"]
+    assert loop.remove_reader(a) is True
+    assert loop.remove_reader(a) is False
+
+
+def test_reader_removed_by_its_own_callback_is_not_called_again(loop, pair):
+    a, b = pair
+    calls = []
+
+    def reader():
+        calls.append("read")
+        loop.remove_reader(a)
+
+    loop.add_reader(a, reader)
+    b.send(b"unread data")
+    run_for(loop, 0.02)
+    assert calls == ["read"]
+
+
+def test_failing_reader_goes_to_the_exception_handler(loop, pair):
+    a, b = pair
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    def reader():
+        a.recv(100)
+        loop.remove_reader(a)
+        raise ValueError("reader failed")
+
+    loop.add_reader(a, reader)
+    b.send(b"x")
+    run_for(loop, 0.02)
+    assert len(contexts) == 1
+    assert contexts[0]["message"].startswith("Exception in callback ")
+    assert isinstance(contexts[0]["exception"], ValueError)
+
+
+def test_remove_reader_after_the_fd_was_closed(loop):
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    loop.add_reader(fd, print)
+    a.close()
+    try:
+        assert loop.remove_reader(fd) is True
+    finally:
+        b.close()
+
+
+def unused_fd():
+    fd = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    return fd
+
+
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+def test_add_on_a_closed_fd(assert_same_error, method):
+    fd = unused_fd()
+    exc = assert_same_error(lambda lp: getattr(lp, method)(fd, print))
+    assert isinstance(exc, OSError)
+
+
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+def test_add_on_a_closed_socket(assert_same_error, method):
+    sock = socket.socket()
+    sock.close()
+    exc = assert_same_error(lambda lp: getattr(lp, method)(sock, print))
+    assert isinstance(exc, ValueError)
+
+
+@pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
+@pytest.mark.parametrize("bad", [object(), -1, "3"], ids=["object", "negative", "str"])
+def test_bad_file_objects(assert_same_error, method, bad):
+    def action(lp):
+        if method.startswith("add"):
+            getattr(lp, method)(bad, print)
+        else:
+            getattr(lp, method)(bad)
+
+    exc = assert_same_error(action)
+    assert isinstance(exc, ValueError)
+
+
+def open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_closing_the_loop_leaks_no_fd(loop_factory, pair):
+    a, b = pair
+    loop_factory().close()  # first use may set up process-wide state
+    before = open_fds()
+    loop = loop_factory()
+    loop.add_reader(a, lambda: a.recv(100))
+    loop.add_writer(b, lambda: loop.remove_writer(b))
+    loop.call_soon_threadsafe(loop.stop)
+    b.send(b"x")
+    loop.run_forever()
+    loop.run_until_complete(loop.run_in_executor(None, sum, [1, 2]))
+    loop.close()
+    assert open_fds() == before
+
+
+def test_closing_the_loop_leaves_user_sockets_open(loop, pair):
+    a, b = pair
+    loop.add_reader(a, print)
+    loop.add_writer(b, print)
+    loop.close()
+    b.send(b"still open")
+    assert a.recv(100) == b"still open"
