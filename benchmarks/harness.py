@@ -1,0 +1,74 @@
+"""What every benchmark module shares: the registry of benchmarks and the loop specs.
+
+A benchmark is a function ``body(loop, n) -> seconds`` that does ``n`` operations on ``loop``
+and returns the wall time they took (``time.perf_counter``), excluding its own setup.
+Register it with ``@benchmark(...)`` in any ``benchmarks/bench_*.py`` module: run.py finds
+the module, runs the body in a fresh subprocess per loop and reports ``n / seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Body = Callable[[asyncio.AbstractEventLoop, int], float]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str  # the id on the command line and in JSON
+    title: str  # the row of the table
+    unit: str  # what is counted per second, e.g. "callbacks/s"
+    work: int  # operations in one measurement, sized for ~0.2-0.5 s on the stdlib loop
+    body: Body
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def benchmark(name: str, *, title: str, unit: str, work: int) -> Callable[[Body], Body]:
+    """Register ``body`` as the benchmark ``name``."""
+
+    def register(body: Body) -> Body:
+        if name in BENCHMARKS:
+            raise ValueError(f"benchmark {name!r} is registered twice")
+        BENCHMARKS[name] = Benchmark(name, title, unit, work, body)
+        return body
+
+    return register
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """An event loop under test: ``name=module:factory``."""
+
+    name: str
+    module: str
+    factory: str
+
+    @classmethod
+    def parse(cls, text: str) -> LoopSpec:
+        name, sep, target = text.partition("=")
+        module, sep2, factory = target.partition(":")
+        if not (sep and sep2 and name and module and factory):
+            raise ValueError(f"expected name=module:factory, got {text!r}")
+        return cls(name, module, factory)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.module}:{self.factory}"
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        factory = importlib.import_module(self.module)
+        for attr in self.factory.split("."):
+            factory = getattr(factory, attr)
+        return factory()
+
+
+DEFAULT_LOOPS = [
+    LoopSpec("ferroloop", "ferroloop", "new_event_loop"),
+    LoopSpec("asyncio", "asyncio", "new_event_loop"),
+    LoopSpec("uvloop", "uvloop", "new_event_loop"),
+    LoopSpec("rloop", "rloop", "new_event_loop"),
+]

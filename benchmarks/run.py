@@ -1,0 +1,297 @@
+"""Side-by-side benchmarks: ferroloop against the stdlib loop, uvloop and rloop, in one run.
+
+    python benchmarks/run.py [--quick] [--bench NAME ...] [--loop name=module:factory ...]
+                             [--rounds N] [--json FILE]
+
+Every measurement runs in a fresh subprocess (one loop, one benchmark, a warm-up then one
+timed run); rounds are interleaved across loops (A B C A B C ...) so drift in the machine's
+speed hits every loop alike. Prints a markdown table of throughput: median (min-max) per
+loop, and the ratios ferroloop/asyncio and ferroloop/uvloop (above 1: ferroloop is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import BENCHMARKS, DEFAULT_LOOPS, LoopSpec
+
+HERE = Path(__file__).resolve().parent
+INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
+WORKER_TIMEOUT = 120  # seconds; a hung loop is reported, not waited on forever
+RATIOS = [("ferroloop", "asyncio"), ("ferroloop", "uvloop")]
+
+
+def load_benchmarks() -> None:
+    for path in sorted(HERE.glob("bench_*.py")):
+        importlib.import_module(path.stem)
+
+
+# ---------------------------------------------------------------- worker (one subprocess)
+
+
+def emit(result: dict) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def loop_version(spec: LoopSpec) -> str:
+    if spec.module == "asyncio":
+        return f"stdlib {platform.python_version()}"
+    top = spec.module.partition(".")[0]
+    try:
+        return importlib.metadata.version(top)
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(sys.modules.get(top), "__version__", "?"))
+
+
+def worker(spec_text: str, bench_name: str | None) -> int:
+    """Probe a loop (no bench_name) or run one benchmark on it; print one JSON line."""
+    import asyncio
+
+    spec = LoopSpec.parse(spec_text)
+    try:
+        loop = spec.new_loop()
+    except ModuleNotFoundError as exc:
+        if exc.name == spec.module.partition(".")[0]:
+            emit({"missing": f"module {exc.name!r} is not installed"})
+            return 0
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    except Exception as exc:
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    asyncio.set_event_loop(loop)
+    try:
+        if bench_name is None:
+            loop.run_until_complete(asyncio.sleep(0))
+            emit({"version": loop_version(spec), "class": type(loop).__qualname__})
+            return 0
+        bench = BENCHMARKS[bench_name]
+        bench.body(loop, max(1, bench.work // 10))  # warm-up: caches, allocator, lazy imports
+        seconds = bench.body(loop, bench.work)
+        emit({"ops": bench.work, "seconds": seconds})
+        return 0
+    except Exception as exc:
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    finally:
+        asyncio.set_event_loop(None)
+        if not loop.is_running():
+            loop.close()
+
+
+# ---------------------------------------------------------------- runner
+
+
+def run_worker(spec: LoopSpec, bench_name: str | None = None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec)]
+    if bench_name:
+        cmd.append(bench_name)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {WORKER_TIMEOUT} s"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"no output, exit code {proc.returncode}"]
+        return {"error": f"worker died (exit {proc.returncode}): {tail[0]}"}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def si(value: float) -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def summarize(samples: list[float]) -> dict:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "samples": samples,
+    }
+
+
+def cell(stats: dict | None, error: str | None) -> str:
+    if error:
+        return "error"
+    if not stats:
+        return "–"
+    return f"{si(stats['median'])} ({si(stats['min'])}–{si(stats['max'])})"
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"Python {platform.python_version()} on {platform.system()} {platform.release()}, "
+        f"{cpu}, {os.cpu_count()} CPUs"
+    )
+
+
+def markdown(report: dict) -> str:
+    names = [name for name, info in report["loops"].items() if "version" in info]
+    out = [
+        f"{report['machine']}; {report['rounds']} rounds, a fresh process per measurement.",
+        "Throughput, higher is better: median (min–max).",
+        "",
+        "Loops: "
+        + ", ".join(
+            f"{name} {info['version']}" if "version" in info else f"{name} ({info['status']})"
+            for name, info in report["loops"].items()
+        ),
+        "",
+    ]
+    ratio_cols = [(a, b) for a, b in RATIOS if a in names and b in names]
+    header = ["benchmark", "unit", *names, *(f"{a}/{b}" for a, b in ratio_cols)]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|")
+    errors = []
+    for row in report["results"]:
+        cells = [row["title"], row["unit"]]
+        for name in names:
+            entry = row["loops"].get(name, {})
+            cells.append(cell(entry.get("stats"), entry.get("error")))
+            if entry.get("error"):
+                errors.append(f"- {row['name']} on {name}: {entry['error']}")
+        for a, b in ratio_cols:
+            sa, sb = row["loops"].get(a, {}).get("stats"), row["loops"].get(b, {}).get("stats")
+            cells.append(f"{sa['median'] / sb['median']:.2f}×" if sa and sb else "–")
+        out.append("| " + " | ".join(cells) + " |")
+    missing = [n for n, info in report["loops"].items() if info.get("status") == "missing"]
+    if missing:
+        out += ["", f"Missing: {', '.join(missing)} (`{INSTALL_HINT}` installs uvloop and rloop)."]
+    broken = [f"- {n}: {i['error']}" for n, i in report["loops"].items() if "error" in i]
+    if broken or errors:
+        out += ["", "Errors:", *broken, *errors]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark ferroloop against other asyncio event loops, side by side."
+    )
+    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7 (< 1 min)")
+    parser.add_argument("--rounds", type=int, help="rounds per benchmark and loop")
+    parser.add_argument(
+        "--bench",
+        action="append",
+        metavar="NAME",
+        help="run only this benchmark (repeatable); see --list",
+    )
+    parser.add_argument(
+        "--loop",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:FACTORY",
+        type=LoopSpec.parse,
+        help="add a loop, or replace a default one of the same name",
+    )
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--worker"]:
+        return worker(argv[1], argv[2] if len(argv) > 2 else None)
+    args = parse_args(argv)
+    if args.list:
+        for bench in BENCHMARKS.values():
+            print(f"{bench.name:24} {bench.title} ({bench.unit}, {bench.work:,} per run)")
+        return 0
+    unknown = set(args.bench or ()) - BENCHMARKS.keys()
+    if unknown:
+        log(f"unknown benchmark(s): {', '.join(sorted(unknown))}; see --list")
+        return 2
+    benches = [b for b in BENCHMARKS.values() if not args.bench or b.name in args.bench]
+    rounds = args.rounds or (3 if args.quick else 7)
+    specs = {spec.name: spec for spec in DEFAULT_LOOPS}
+    specs.update((spec.name, spec) for spec in args.loop)
+
+    started = time.perf_counter()
+    report = {"machine": machine_description(), "rounds": rounds, "loops": {}, "results": []}
+    for name, spec in specs.items():
+        probe = run_worker(spec)
+        if "version" in probe:
+            info = {"spec": str(spec), "version": probe["version"]}
+            log(f"{name}: {probe['version']} ({spec})")
+        elif "missing" in probe:
+            info = {"spec": str(spec), "status": "missing"}
+            hint = f"; install with `{INSTALL_HINT}`" if spec in DEFAULT_LOOPS else ""
+            log(f"{name}: missing ({probe['missing']}){hint}")
+        else:
+            info = {"spec": str(spec), "status": "broken", "error": probe["error"]}
+            log(f"{name}: cannot run a loop: {probe['error']}")
+        report["loops"][name] = info
+    active = [specs[n] for n, info in report["loops"].items() if "version" in info]
+    if not active:
+        log("no loop could run")
+        return 1
+
+    failed = any("error" in info for info in report["loops"].values())
+    for bench in benches:
+        samples: dict[str, list[float]] = {spec.name: [] for spec in active}
+        errors: dict[str, str] = {}
+        for round_no in range(1, rounds + 1):
+            log(f"{bench.name}: round {round_no}/{rounds}")
+            for spec in active:
+                if spec.name in errors:
+                    continue
+                result = run_worker(spec, bench.name)
+                if "error" in result:
+                    errors[spec.name] = result["error"]
+                    failed = True
+                else:
+                    samples[spec.name].append(result["ops"] / result["seconds"])
+        report["results"].append(
+            {
+                "name": bench.name,
+                "title": bench.title,
+                "unit": bench.unit,
+                "work": bench.work,
+                "loops": {
+                    spec.name: (
+                        {"error": errors[spec.name]}
+                        if spec.name in errors
+                        else {"stats": summarize(samples[spec.name])}
+                    )
+                    for spec in active
+                },
+            }
+        )
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    log(f"done in {report['seconds']} s")
+
+    print(markdown(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+load_benchmarks()
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
