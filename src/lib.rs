@@ -1,3 +1,18 @@
+//! `ferroloop._ferroloop`: the Rust core of the ferroloop event loop.
+
+mod clock;
+mod errors;
+mod event_loop;
+mod handle;
+mod poller;
+mod timers;
+
 use pyo3::prelude::*;
+
 #[pymodule]
-fn _ferroloop(_m: &Bound<'_, PyModule>) -> PyResult<()> { Ok(()) }
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handle::Handle>()?;
+    m.add_class::<handle::TimerHandle>()?;
+    Ok(())
+}

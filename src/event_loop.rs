@@ -1,0 +1,690 @@
+//! `LoopCore`: the per-event half of the event loop — ready queue, timers, poll step —
+//! which `ferroloop.Loop` (Python) extends with the once-per-loop and once-per-connection
+//! API.
+//!
+//! One iteration (`_run_once`), as in the stdlib: drop cancelled timers at the head of the
+//! heap (or compact it when they dominate), poll for I/O (not at all blocking if callbacks
+//! are ready, else until the next deadline), queue the callbacks of ready fds, queue due
+//! timers, then run exactly the callbacks queued so far. Callbacks they schedule run in the
+//! next iteration, after another poll.
+//!
+//! # Implementation notes
+//! All state sits behind one mutex that is never held while Python code can run: Python
+//! objects are created before it is taken and dropped after it is released (a `__del__` may
+//! call back into the loop). The GIL is released only around a poll that may block, and
+//! `call_soon_threadsafe` wakes such a poll through mio's waker only when the loop is
+//! actually asleep.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mio::{Registry, Waker};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+
+use crate::clock;
+use crate::errors::os_error;
+use crate::handle::{closed_loop_error, lock, Handle, TimerHandle, TimerState};
+use crate::poller::{FdWatchers, Poller, Side, WAKER_TOKEN};
+use crate::timers::TimerHeap;
+
+/// The longest single poll, as in the stdlib (one day): keeps far deadlines from
+/// overflowing the poll timeout.
+const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
+
+struct State {
+    ready: VecDeque<Py<Handle>>,
+    /// The previous iteration's emptied batch, reused so steady state allocates nothing.
+    spare: VecDeque<Py<Handle>>,
+    timers: TimerHeap<Py<Handle>>,
+    watchers: FdWatchers,
+    /// Fds whose watchers were woken this iteration; re-armed after their callbacks ran.
+    rearm: Vec<RawFd>,
+    registry: Option<Registry>,
+    waker: Option<Arc<Waker>>,
+}
+
+/// The Rust core of a ferroloop event loop. Use `ferroloop.Loop`, which subclasses it.
+#[pyclass(subclass, frozen, module = "ferroloop._ferroloop")]
+pub struct LoopCore {
+    state: Mutex<State>,
+    poller: Mutex<Option<Poller>>,
+    debug: AtomicBool,
+    stopping: AtomicBool,
+    closed: AtomicBool,
+    /// Set (under the state lock) when the loop decides to block in poll.
+    sleeping: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
+    running_thread: AtomicU64,
+    /// Cancelled timers still in the heap.
+    timers_cancelled: Arc<AtomicUsize>,
+}
+
+fn thread_ident() -> u64 {
+    // SAFETY: pthread_self has no preconditions. Its value is what CPython's
+    // threading.get_ident() returns on POSIX.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// A helper from `ferroloop._format` (slow paths: debug checks, reprs).
+fn format_helper<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let module = MODULE.get_or_try_init(py, || {
+        py.import("ferroloop._format").map(Bound::unbind)
+    })?;
+    module.bind(py).getattr(name)
+}
+
+/// `selectors`' rule for what may be watched: an int fd, or an object with `fileno()`.
+fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if fileobj.is_instance_of::<PyInt>() {
+        fileobj.extract()?
+    } else {
+        fileobj
+            .call_method0("fileno")
+            .and_then(|fd| fd.call_method0("__index__").or_else(|_| fd.call_method0("__int__")))
+            .and_then(|fd| fd.extract())
+            .map_err(|_| {
+                let repr = fileobj
+                    .repr()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|_| "<object>".into());
+                PyValueError::new_err(format!("Invalid file object: {repr}"))
+            })?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+impl LoopCore {
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(closed_loop_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_thread(&self) -> PyResult<()> {
+        let running = self.running_thread.load(Ordering::Acquire);
+        if running != 0 && running != thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Debug-mode checks of a callback (the stdlib makes them only in debug mode too).
+    fn check_callback(&self, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+        format_helper(callback.py(), "check_callback")?.call1((callback, method))?;
+        Ok(())
+    }
+
+    fn source_traceback(&self, py: Python<'_>, debug: bool) -> PyResult<Option<Py<PyAny>>> {
+        if !debug {
+            return Ok(None);
+        }
+        Ok(Some(format_helper(py, "source_traceback")?.call0()?.unbind()))
+    }
+
+    fn make_handle(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        debug: bool,
+    ) -> PyResult<Py<Handle>> {
+        let handle = Handle::new(
+            py,
+            callback.unbind(),
+            args.unbind(),
+            context.map(Bound::unbind),
+            self.source_traceback(py, debug)?,
+            None,
+        )?;
+        Py::new(py, handle)
+    }
+
+    fn push_ready(&self, py: Python<'_>, handle: &Py<Handle>) {
+        lock(&self.state).ready.push_back(handle.clone_ref(py));
+    }
+
+    fn schedule_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        self.check_closed()?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        if debug {
+            self.check_thread()?;
+            self.check_callback(&callback, "call_at")?;
+        }
+        let base = Handle::new(
+            py,
+            callback.unbind(),
+            args.unbind(),
+            context.map(Bound::unbind),
+            self.source_traceback(py, debug)?,
+            Some(TimerState::new(when, self.timers_cancelled.clone())),
+        )?;
+        let timer = Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
+        let as_handle: Py<Handle> = timer.clone_ref(py).into_bound(py).into_super().unbind();
+        lock(&self.state).timers.push(when, as_handle);
+        Ok(timer)
+    }
+
+    /// Adds or replaces the reader/writer of `fileobj`.
+    fn add_watcher(
+        &self,
+        fileobj: &Bound<'_, PyAny>,
+        side: Side,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = fileobj.py();
+        let fd = fileobj_to_fd(fileobj)?;
+        self.check_closed()?;
+        let handle = self.make_handle(py, callback, args, None, false)?;
+        let outcome = {
+            let mut state = lock(&self.state);
+            let State {
+                watchers, registry, ..
+            } = &mut *state;
+            match registry {
+                Some(registry) => watchers.add(registry, fd, side, handle),
+                None => Err((std::io::Error::from_raw_os_error(libc::EBADF), handle)),
+            }
+        };
+        match outcome {
+            Ok(previous) => {
+                if let Some(previous) = previous {
+                    previous.get().cancel_now();
+                }
+                Ok(())
+            }
+            Err((err, _handle)) => Err(os_error(py, err)),
+        }
+    }
+
+    fn remove_watcher(&self, fileobj: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fileobj)?;
+        let removed = {
+            let mut state = lock(&self.state);
+            let State {
+                watchers, registry, ..
+            } = &mut *state;
+            match registry {
+                Some(registry) => watchers.remove(registry, fd, side),
+                None => None,
+            }
+        };
+        Ok(match removed {
+            Some(handle) => {
+                handle.get().cancel_now();
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// How long this iteration may block in poll; marks the loop asleep if at all.
+    fn poll_timeout(&self, garbage: &mut Vec<Py<Handle>>) -> Option<Duration> {
+        let mut state = lock(&self.state);
+        let cancelled = self.timers_cancelled.load(Ordering::Acquire);
+        let is_cancelled = |h: &Py<Handle>| h.get().is_cancelled();
+        if !state
+            .timers
+            .compact_if_mostly_cancelled(cancelled, is_cancelled, garbage)
+        {
+            state.timers.drop_cancelled_heads(is_cancelled, garbage);
+        }
+        let timeout = if !state.ready.is_empty() || self.stopping.load(Ordering::Acquire) {
+            Some(Duration::ZERO)
+        } else {
+            state.timers.next_deadline().map(|when| {
+                let delay = when - clock::monotonic();
+                if delay > 0.0 {
+                    Duration::from_secs_f64(delay.min(MAX_POLL_TIMEOUT))
+                } else {
+                    Duration::ZERO // also NaN: the stdlib runs such a timer at once
+                }
+            })
+        };
+        if timeout != Some(Duration::ZERO) {
+            self.sleeping.store(true, Ordering::SeqCst);
+        }
+        timeout
+    }
+
+    /// Polls and queues the callbacks of ready fds.
+    fn poll_io(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
+        let mut poller_slot = lock(&self.poller);
+        let Some(poller) = poller_slot.as_mut() else {
+            return Err(closed_loop_error());
+        };
+        let outcome = if timeout == Some(Duration::ZERO) {
+            poller.poll(timeout)
+        } else {
+            py.detach(|| poller.poll(timeout))
+        };
+        self.sleeping.store(false, Ordering::SeqCst);
+        match outcome {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {
+                drop(poller_slot);
+                // Ctrl-C while blocked: let Python's signal handlers run (and raise) now.
+                return py.check_signals();
+            }
+            Err(err) => return Err(os_error(py, err)),
+        }
+        let mut woken = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            let State {
+                watchers,
+                rearm,
+                ready,
+                ..
+            } = &mut *state;
+            for event in poller.events() {
+                if event.token() == WAKER_TOKEN {
+                    continue;
+                }
+                if watchers.ready(py, event, &mut woken) {
+                    rearm.push(event.token().0 as RawFd);
+                }
+                ready.extend(woken.drain(..));
+            }
+        }
+        drop(poller_slot);
+        if timeout != Some(Duration::ZERO) {
+            py.check_signals()?;
+        }
+        Ok(())
+    }
+
+    /// Moves due timers to the ready queue and takes the batch this iteration runs.
+    fn take_batch(&self, garbage: &mut Vec<Py<Handle>>) -> VecDeque<Py<Handle>> {
+        let now = clock::monotonic();
+        let mut state = lock(&self.state);
+        while let Some(timer) = state.timers.pop_due(now) {
+            timer.get().unschedule();
+            if timer.get().is_cancelled() {
+                garbage.push(timer);
+            } else {
+                state.ready.push_back(timer);
+            }
+        }
+        let mut batch = std::mem::take(&mut state.spare);
+        std::mem::swap(&mut batch, &mut state.ready);
+        batch
+    }
+
+    /// Runs one batch; on an exception that must propagate, puts the rest back in front.
+    fn run_batch(
+        &self,
+        slf: &Bound<'_, Self>,
+        batch: &mut VecDeque<Py<Handle>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let debug = self.debug.load(Ordering::Relaxed);
+        let slow_callback_duration = if debug {
+            slf.getattr("slow_callback_duration")?.extract::<f64>()?
+        } else {
+            f64::INFINITY
+        };
+        while let Some(handle) = batch.pop_front() {
+            let h = handle.get();
+            if h.is_cancelled() {
+                continue;
+            }
+            let started = if debug { clock::monotonic() } else { 0.0 };
+            let mut outcome = h.run(py);
+            if let Err(err) = outcome {
+                outcome = if is_exit_exception(py, &err) {
+                    Err(err)
+                } else {
+                    slf.call_method1("_report_callback_error", (&handle, err.value(py)))
+                        .map(drop)
+                };
+            }
+            if outcome.is_ok() && debug {
+                let took = clock::monotonic() - started;
+                if took >= slow_callback_duration {
+                    outcome = slf
+                        .call_method1("_warn_slow_callback", (&handle, took))
+                        .map(drop);
+                }
+            }
+            if let Err(err) = outcome {
+                let mut state = lock(&self.state);
+                while let Some(rest) = batch.pop_back() {
+                    state.ready.push_front(rest);
+                }
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn rearm_and_recycle(&self, batch: VecDeque<Py<Handle>>) {
+        let mut state = lock(&self.state);
+        let State {
+            watchers,
+            rearm,
+            registry,
+            spare,
+            ..
+        } = &mut *state;
+        if let Some(registry) = registry {
+            for fd in rearm.drain(..) {
+                watchers.rearm(registry, fd);
+            }
+        }
+        rearm.clear();
+        if batch.is_empty() && batch.capacity() > spare.capacity() {
+            *spare = batch;
+        }
+    }
+
+    fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut garbage = Vec::new();
+        let timeout = self.poll_timeout(&mut garbage);
+        for timer in &garbage {
+            timer.get().unschedule();
+        }
+        drop(garbage);
+        let polled = self.poll_io(py, timeout);
+        let mut garbage = Vec::new();
+        let mut batch = match polled {
+            Ok(()) => self.take_batch(&mut garbage),
+            Err(err) => {
+                self.rearm_and_recycle(VecDeque::new());
+                return Err(err);
+            }
+        };
+        drop(garbage);
+        let outcome = self.run_batch(slf, &mut batch);
+        self.rearm_and_recycle(batch);
+        outcome
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let (poller, registry, waker) = Poller::new().map_err(|err| os_error(py, err))?;
+        Ok(Self {
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                spare: VecDeque::new(),
+                timers: TimerHeap::default(),
+                watchers: FdWatchers::default(),
+                rearm: Vec::new(),
+                registry: Some(registry),
+                waker: Some(waker),
+            }),
+            poller: Mutex::new(Some(poller)),
+            debug: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            running_thread: AtomicU64::new(0),
+            timers_cancelled: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Arrange for `callback(*args)` to be called soon, in FIFO order.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        &self,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = callback.py();
+        self.check_closed()?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        if debug {
+            self.check_thread()?;
+            self.check_callback(&callback, "call_soon")?;
+        }
+        let handle = self.make_handle(py, callback, args, context, debug)?;
+        self.push_ready(py, &handle);
+        Ok(handle)
+    }
+
+    /// Like `call_soon`, but callable from any thread: wakes the loop if it is asleep.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        &self,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = callback.py();
+        self.check_closed()?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        if debug {
+            self.check_callback(&callback, "call_soon_threadsafe")?;
+        }
+        let handle = self.make_handle(py, callback, args, context, debug)?;
+        let waker = {
+            let mut state = lock(&self.state);
+            state.ready.push_back(handle.clone_ref(py));
+            if self.sleeping.swap(false, Ordering::SeqCst) {
+                state.waker.clone()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            // A failed wake-up (only if the loop closed meanwhile) loses nothing.
+            let _ = waker.wake();
+        }
+        Ok(handle)
+    }
+
+    /// Arrange for `callback(*args)` to be called after `delay` seconds.
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        &self,
+        delay: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = delay.py();
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let now = clock::monotonic();
+        let is_number = delay.is_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>();
+        let when = match delay.extract::<f64>() {
+            Ok(delay) if is_number => now + delay,
+            // Anything else adds the way the stdlib's `self.time() + delay` does, with its
+            // errors (numpy scalars work, strings raise the usual TypeError).
+            _ => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
+        };
+        self.schedule_timer(py, when, callback, args, context)
+    }
+
+    /// Like `call_later`, with an absolute time on the loop clock (`loop.time()`).
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        &self,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        self.schedule_timer(callback.py(), when, callback, args, context)
+    }
+
+    /// The loop clock: `time.monotonic()`, at full resolution.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// Sets the debug flag only; `Loop.set_debug` adds coroutine origin tracking.
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.running_thread.load(Ordering::Acquire) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Stop after the current iteration (or after one iteration if not running yet).
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// `threading.get_ident()` of the running thread, or None.
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.running_thread.load(Ordering::Acquire) {
+            0 => None,
+            ident => Some(ident),
+        }
+    }
+
+    /// Number of callbacks waiting to run (the stdlib's `len(loop._ready)`).
+    fn _ready_count(&self) -> usize {
+        lock(&self.state).ready.len()
+    }
+
+    /// Number of timers in the heap, cancelled ones included (`len(loop._scheduled)`).
+    fn _timer_count(&self) -> usize {
+        lock(&self.state).timers.len()
+    }
+
+    /// Runs iterations until `stop()`; `Loop.run_forever` does the setup around it.
+    fn _run_loop(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.running_thread.store(thread_ident(), Ordering::Release);
+        let outcome = loop {
+            if let Err(err) = this.run_once(slf) {
+                break Err(err);
+            }
+            if this.stopping.load(Ordering::Acquire) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Ordering::Release);
+        this.running_thread.store(0, Ordering::Release);
+        outcome
+    }
+
+    /// One iteration of the loop.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().run_once(slf)
+    }
+
+    /// Wakes the loop from a blocking poll (the stdlib's `_write_to_self`).
+    fn _write_to_self(&self) {
+        let waker = lock(&self.state).waker.clone();
+        if let Some(waker) = waker {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Start watching `fd` for reading; `callback(*args)` runs while it is readable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        &self,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_watcher(fd, Side::Read, callback, args)
+    }
+
+    /// Stop watching `fd` for reading; returns whether it was watched.
+    fn remove_reader(&self, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_watcher(fd, Side::Read)
+    }
+
+    /// Start watching `fd` for writing; `callback(*args)` runs while it is writable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        &self,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_watcher(fd, Side::Write, callback, args)
+    }
+
+    /// Stop watching `fd` for writing; returns whether it was watched.
+    fn remove_writer(&self, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_watcher(fd, Side::Write)
+    }
+
+    /// Marks the loop closed, drops every queued callback and timer and watcher, and
+    /// closes the poller's fds. `Loop.close` does the checks and the executor.
+    fn _close_core(&self) {
+        self.closed.store(true, Ordering::Release);
+        let (ready, spare, timers, watched) = {
+            let mut state = lock(&self.state);
+            let ready = std::mem::take(&mut state.ready);
+            let spare = std::mem::take(&mut state.spare);
+            let timers = state.timers.drain_all();
+            let watched = match state.registry.take() {
+                Some(registry) => state.watchers.clear(&registry),
+                None => Vec::new(),
+            };
+            state.waker = None;
+            (ready, spare, timers, watched)
+        };
+        drop(lock(&self.poller).take());
+        for timer in &timers {
+            timer.get().unschedule();
+        }
+        drop((ready, spare, timers, watched));
+    }
+}

@@ -1,0 +1,323 @@
+//! `Handle` and `TimerHandle`: a scheduled callback, as returned by `call_soon` and
+//! `call_later`.
+//!
+//! A handle owns its callback, the positional arguments (the tuple the caller's call
+//! already built, so scheduling allocates nothing more) and the `contextvars.Context` it
+//! runs in. `cancel()` marks it and drops the callback and arguments at once, as the stdlib
+//! does, so a cancelled timer still waiting in the heap keeps nothing alive.
+//!
+//! # Implementation notes
+//! The callback is called with `PyObject_Vectorcall` inside `PyContext_Enter`/`Exit`:
+//! that is what `Context.run(callback, *args)` does, minus building an argument tuple.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+use pyo3::{ffi, IntoPyObjectExt};
+
+/// The callback and arguments of a handle that has not been cancelled.
+struct Call {
+    callback: Py<PyAny>,
+    args: Py<PyTuple>,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (none of ours
+/// panic while holding it; this just keeps a panic from turning into a second one).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A callback scheduled with `call_soon`, `call_soon_threadsafe` or a reader/writer.
+#[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
+pub struct Handle {
+    call: Mutex<Option<Call>>,
+    context: Py<PyAny>,
+    cancelled: AtomicBool,
+    /// The stack where the handle was created, kept only in debug mode (stdlib's
+    /// `_source_traceback`).
+    source_traceback: Option<Py<PyAny>>,
+    /// Set for timers (`TimerHandle`).
+    timer: Option<TimerState>,
+}
+
+/// What a timer adds to a handle: its deadline and its place in the loop's heap.
+pub struct TimerState {
+    when: f64,
+    /// True while the timer sits in its loop's heap.
+    scheduled: AtomicBool,
+    /// The loop's count of cancelled timers still in its heap (drives compaction).
+    heap_cancelled: Arc<AtomicUsize>,
+}
+
+impl TimerState {
+    pub fn new(when: f64, heap_cancelled: Arc<AtomicUsize>) -> Self {
+        Self {
+            when,
+            scheduled: AtomicBool::new(true),
+            heap_cancelled,
+        }
+    }
+}
+
+impl Handle {
+    /// A handle for `callback(*args)` in `context`, or in a copy of the current context.
+    pub fn new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+        source_traceback: Option<Py<PyAny>>,
+        timer: Option<TimerState>,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(context) => context,
+            None => copy_current_context(py)?,
+        };
+        Ok(Self {
+            call: Mutex::new(Some(Call { callback, args })),
+            context,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+            timer,
+        })
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks the handle cancelled; returns the callback and arguments so the caller can
+    /// drop them outside any lock of its own (dropping may run arbitrary `__del__` code).
+    fn take_call(&self) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+        let was_cancelled = self.cancelled.swap(true, Ordering::AcqRel);
+        if let Some(timer) = &self.timer {
+            if !was_cancelled && timer.scheduled.load(Ordering::Acquire) {
+                timer.heap_cancelled.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        lock(&self.call).take().map(|c| (c.callback, c.args))
+    }
+
+    /// The deadline of a timer (NaN for a plain handle, which the loop never asks).
+    pub fn when(&self) -> f64 {
+        self.timer.as_ref().map_or(f64::NAN, |t| t.when)
+    }
+
+    /// True while a timer sits in its loop's heap.
+    pub fn is_scheduled(&self) -> bool {
+        self.timer
+            .as_ref()
+            .is_some_and(|t| t.scheduled.load(Ordering::Acquire))
+    }
+
+    /// Called when the loop's heap lets go of a timer; keeps the cancelled count exact.
+    pub fn unschedule(&self) {
+        if let Some(timer) = &self.timer {
+            if timer.scheduled.swap(false, Ordering::AcqRel) && self.is_cancelled() {
+                timer.heap_cancelled.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Calls the callback in the handle's context. A cancelled handle does nothing.
+    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let (callback, args) = match lock(&self.call).as_ref() {
+            Some(call) => (call.callback.clone_ref(py), call.args.clone_ref(py)),
+            None => return Ok(()),
+        };
+        let context = self.context.as_ptr();
+        // SAFETY: we are attached to the interpreter (`py`). `context` is a live
+        // contextvars.Context (checked when the handle was made), `args` is a live tuple we
+        // hold a reference to for the whole call, so its item array stays valid, and
+        // `callback` is kept alive by our clone. Every entered context is exited.
+        unsafe {
+            if ffi::PyContext_Enter(context) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            let tuple = args.as_ptr() as *mut ffi::PyTupleObject;
+            let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize;
+            let result = ffi::PyObject_Vectorcall(
+                callback.as_ptr(),
+                (*tuple).ob_item.as_ptr(),
+                nargs,
+                std::ptr::null_mut(),
+            );
+            let outcome = if result.is_null() {
+                Err(PyErr::fetch(py))
+            } else {
+                ffi::Py_DECREF(result);
+                Ok(())
+            };
+            if ffi::PyContext_Exit(context) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            outcome
+        }
+    }
+
+    fn callback(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+        lock(&self.call)
+            .as_ref()
+            .map(|c| (c.callback.clone_ref(py), c.args.clone_ref(py)))
+    }
+}
+
+fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: attached to the interpreter; PyContext_CopyCurrent returns a new reference
+    // or NULL with an exception set.
+    unsafe {
+        let context = ffi::PyContext_CopyCurrent();
+        Bound::from_owned_ptr_or_err(py, context).map(Bound::unbind)
+    }
+}
+
+/// `ferroloop._format.handle_repr`, the stdlib-shaped repr of a handle.
+fn handle_repr(slf: &Bound<'_, PyAny>) -> PyResult<String> {
+    static HANDLE_REPR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = slf.py();
+    HANDLE_REPR
+        .import(py, "ferroloop._format", "handle_repr")?
+        .call1((slf,))?
+        .extract()
+}
+
+impl Handle {
+    /// `cancel()` for the loop's own use (replaced or removed watchers).
+    pub fn cancel_now(&self) {
+        drop(self.take_call());
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// Cancel the callback. Cancelling an already cancelled or finished handle does nothing.
+    fn cancel(&self) {
+        drop(self.take_call());
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    /// The `contextvars.Context` the callback runs in.
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback(py).map(|(callback, _)| callback)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.callback(py).map(|(_, args)| args)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    /// Run the callback now, reporting nothing: errors propagate to the caller.
+    fn _run(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        handle_repr(slf.as_any())
+    }
+}
+
+/// A callback scheduled for a deadline on the loop clock (`call_later`, `call_at`).
+/// Its state lives in the base `Handle`; this class adds the timer's methods.
+#[pyclass(extends = Handle, frozen, module = "ferroloop._ferroloop")]
+pub struct TimerHandle;
+
+/// The deadline of a `TimerHandle` (only the loop creates them, always with a deadline).
+fn deadline(slf: &Bound<'_, TimerHandle>) -> f64 {
+    slf.as_super().get().when()
+}
+
+#[pymethods]
+impl TimerHandle {
+    /// The absolute time (loop clock) the callback is scheduled for.
+    fn when(slf: &Bound<'_, Self>) -> f64 {
+        deadline(slf)
+    }
+
+    #[getter]
+    fn _when(slf: &Bound<'_, Self>) -> f64 {
+        deadline(slf)
+    }
+
+    #[getter]
+    fn _scheduled(slf: &Bound<'_, Self>) -> bool {
+        slf.as_super().get().is_scheduled()
+    }
+
+    fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        // The stdlib hashes a timer as hash(when).
+        deadline(slf).into_pyobject(slf.py())?.hash()
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (deadline(slf), deadline(other));
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a < b || slf.is(other) || same_timer(slf, other)?,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a > b || slf.is(other) || same_timer(slf, other)?,
+            CompareOp::Eq => slf.is(other) || same_timer(slf, other)?,
+            CompareOp::Ne => !(slf.is(other) || same_timer(slf, other)?),
+        };
+        result.into_py_any(py)
+    }
+}
+
+/// Stdlib equality of timers: same deadline, callback, arguments and cancelled state.
+fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResult<bool> {
+    let py = a.py();
+    if deadline(a) != deadline(b) {
+        return Ok(false);
+    }
+    let (ha, hb) = (a.as_super().get(), b.as_super().get());
+    if ha.is_cancelled() != hb.is_cancelled() {
+        return Ok(false);
+    }
+    match (ha.callback(py), hb.callback(py)) {
+        (None, None) => Ok(true),
+        (Some((ca, aa)), Some((cb, ab))) => {
+            Ok(ca.bind(py).eq(cb.bind(py))? && aa.bind(py).eq(ab.bind(py))?)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Raised by handle operations that need a live loop.
+pub fn closed_loop_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}

@@ -1,0 +1,195 @@
+//! The poller: mio's `Poll` plus the table of Python-level fd watchers (`add_reader`,
+//! `add_writer`).
+//!
+//! # Implementation notes
+//! mio registers fds edge-triggered, while `add_reader` promises the selector's
+//! level-triggered behaviour (the callback runs again next iteration if data is still
+//! unread). So after a watcher's callback has run, the loop *re-arms* the fd with
+//! `reregister`: epoll then reports it again if it is still ready, and never reports it
+//! spuriously before the callback has had its chance to drain it.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::event::Event;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use pyo3::prelude::*;
+
+use crate::handle::Handle;
+
+/// The token of the loop's waker (`call_soon_threadsafe`); fds use their number.
+pub const WAKER_TOKEN: Token = Token(usize::MAX);
+const EVENTS_CAPACITY: usize = 1024;
+
+/// The blocking half: only the loop's own thread polls.
+pub struct Poller {
+    poll: Poll,
+    events: Events,
+}
+
+impl Poller {
+    /// A poller, a registry handle usable from any thread, and the waker.
+    pub fn new() -> std::io::Result<(Self, Registry, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let poller = Self {
+            poll,
+            events: Events::with_capacity(EVENTS_CAPACITY),
+        };
+        Ok((poller, registry, waker))
+    }
+
+    /// Waits for readiness; `None` waits until an event or a wake-up. mio rounds
+    /// sub-millisecond timeouts up, so a timer is never reached early.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.poll.poll(&mut self.events, timeout)
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter()
+    }
+}
+
+/// The reader and writer callbacks watching one fd.
+#[derive(Default)]
+pub struct FdWatch {
+    pub reader: Option<Py<Handle>>,
+    pub writer: Option<Py<Handle>>,
+}
+
+impl FdWatch {
+    fn interest(&self) -> Option<Interest> {
+        match (self.reader.is_some(), self.writer.is_some()) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Which side of an fd a watcher is on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Read,
+    Write,
+}
+
+/// The fd → watcher table, kept in step with the registrations in epoll.
+#[derive(Default)]
+pub struct FdWatchers {
+    watches: HashMap<RawFd, FdWatch>,
+}
+
+impl FdWatchers {
+    /// Installs `handle` on one side of `fd`, registering or updating the fd in epoll.
+    /// Returns the handle it replaced. On a registration error nothing changes.
+    pub fn add(
+        &mut self,
+        registry: &Registry,
+        fd: RawFd,
+        side: Side,
+        handle: Py<Handle>,
+    ) -> Result<Option<Py<Handle>>, (std::io::Error, Py<Handle>)> {
+        let is_new = !self.watches.contains_key(&fd);
+        let watch = self.watches.entry(fd).or_default();
+        let slot = match side {
+            Side::Read => &mut watch.reader,
+            Side::Write => &mut watch.writer,
+        };
+        let previous = slot.replace(handle);
+        let interest = watch.interest().unwrap_or(Interest::READABLE);
+        let token = Token(fd as usize);
+        let outcome = if is_new {
+            registry.register(&mut SourceFd(&fd), token, interest)
+        } else {
+            // epoll forgets an fd when it is closed; its number may since have been reused.
+            registry
+                .reregister(&mut SourceFd(&fd), token, interest)
+                .or_else(|err| match err.raw_os_error() {
+                    Some(libc::ENOENT) => registry.register(&mut SourceFd(&fd), token, interest),
+                    _ => Err(err),
+                })
+        };
+        match outcome {
+            Ok(()) => Ok(previous),
+            Err(err) => {
+                let watch = self.watches.entry(fd).or_default();
+                let slot = match side {
+                    Side::Read => &mut watch.reader,
+                    Side::Write => &mut watch.writer,
+                };
+                let ours = std::mem::replace(slot, previous);
+                if is_new {
+                    self.watches.remove(&fd);
+                }
+                match ours {
+                    Some(ours) => Err((err, ours)),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Removes one side's watcher, updating or dropping the epoll registration.
+    /// Returns the removed handle, if there was one.
+    pub fn remove(&mut self, registry: &Registry, fd: RawFd, side: Side) -> Option<Py<Handle>> {
+        let watch = self.watches.get_mut(&fd)?;
+        let removed = match side {
+            Side::Read => watch.reader.take(),
+            Side::Write => watch.writer.take(),
+        };
+        match watch.interest() {
+            // The fd may already be closed (epoll forgot it then): nothing to undo.
+            Some(interest) => {
+                let _ = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
+            }
+            None => {
+                self.watches.remove(&fd);
+                let _ = registry.deregister(&mut SourceFd(&fd));
+            }
+        }
+        removed
+    }
+
+    /// The watchers an event wakes (an error or hang-up wakes both sides, as the
+    /// selectors module does).
+    pub fn ready(&self, py: Python<'_>, event: &Event, out: &mut Vec<Py<Handle>>) -> bool {
+        let Some(watch) = self.watches.get(&(event.token().0 as RawFd)) else {
+            return false;
+        };
+        let failed = event.is_error();
+        let readable = event.is_readable() || event.is_read_closed() || failed;
+        let writable = event.is_writable() || event.is_write_closed() || failed;
+        for (wanted, slot) in [(readable, &watch.reader), (writable, &watch.writer)] {
+            if let Some(handle) = slot.as_ref().filter(|_| wanted) {
+                if !handle.get().is_cancelled() {
+                    out.push(handle.clone_ref(py));
+                }
+            }
+        }
+        true
+    }
+
+    /// Re-arms an fd after its callbacks ran, so a still-ready fd is reported again.
+    pub fn rearm(&self, registry: &Registry, fd: RawFd) {
+        if let Some(interest) = self.watches.get(&fd).and_then(FdWatch::interest) {
+            let _ = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
+        }
+    }
+
+    /// Forgets every watcher, deregistering the fds; returns the handles for dropping.
+    pub fn clear(&mut self, registry: &Registry) -> Vec<Py<Handle>> {
+        let mut handles = Vec::new();
+        for (fd, watch) in self.watches.drain() {
+            let _ = registry.deregister(&mut SourceFd(&fd));
+            handles.extend(watch.reader);
+            handles.extend(watch.writer);
+        }
+        handles
+    }
+}

@@ -1,0 +1,190 @@
+//! The timer heap: deadlines in order, cancelled timers dropped lazily.
+//!
+//! Cancelling a timer only marks it (the handle's own flag); the heap drops marked
+//! entries when they reach the top, or all at once when they make up most of the heap,
+//! so `cancel()` stays O(1) and a loop that schedules and cancels many timeouts (every
+//! `asyncio.wait_for`) does not grow without bound.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// Below this many timers the heap is never compacted: popping cancelled heads is cheaper.
+const COMPACT_MIN_TIMERS: usize = 100;
+
+struct Entry<T> {
+    when: f64,
+    seq: u64,
+    timer: T,
+}
+
+impl<T> Entry<T> {
+    /// Deadlines order with NaN first: the stdlib runs a NaN deadline at once.
+    fn key(&self) -> (f64, u64) {
+        let when = if self.when.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            self.when
+        };
+        (when, self.seq)
+    }
+}
+
+impl<T> PartialEq for Entry<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl<T> Eq for Entry<T> {}
+impl<T> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Entry<T> {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline, and among
+    /// equal deadlines the one scheduled first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        let (a, b) = (self.key(), other.key());
+        b.0.total_cmp(&a.0).then(b.1.cmp(&a.1))
+    }
+}
+
+/// Timers ordered by deadline (seconds on the loop clock), first-scheduled first on ties.
+pub struct TimerHeap<T> {
+    heap: BinaryHeap<Entry<T>>,
+    next_seq: u64,
+}
+
+impl<T> Default for TimerHeap<T> {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+        }
+    }
+}
+
+impl<T> TimerHeap<T> {
+    pub fn push(&mut self, when: f64, timer: T) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Entry { when, seq, timer });
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// The earliest deadline, if any timer is left.
+    pub fn next_deadline(&self) -> Option<f64> {
+        self.heap.peek().map(|e| e.when)
+    }
+
+    /// Pops the earliest timer if its deadline is not after `now` (a NaN deadline is due).
+    pub fn pop_due(&mut self, now: f64) -> Option<T> {
+        match self.heap.peek() {
+            Some(e) if !(e.when > now) => self.heap.pop().map(|e| e.timer),
+            _ => None,
+        }
+    }
+
+    /// Pops cancelled timers off the top into `garbage`.
+    pub fn drop_cancelled_heads(&mut self, cancelled: impl Fn(&T) -> bool, garbage: &mut Vec<T>) {
+        while self.heap.peek().is_some_and(|e| cancelled(&e.timer)) {
+            if let Some(e) = self.heap.pop() {
+                garbage.push(e.timer);
+            }
+        }
+    }
+
+    /// When more than half of at least `COMPACT_MIN_TIMERS` timers are cancelled, moves all
+    /// cancelled ones into `garbage` and rebuilds the heap. Returns whether it compacted.
+    pub fn compact_if_mostly_cancelled(
+        &mut self,
+        cancelled_count: usize,
+        cancelled: impl Fn(&T) -> bool,
+        garbage: &mut Vec<T>,
+    ) -> bool {
+        let len = self.heap.len();
+        if len <= COMPACT_MIN_TIMERS || cancelled_count * 2 <= len {
+            return false;
+        }
+        let mut kept = Vec::with_capacity(len - cancelled_count.min(len));
+        for entry in std::mem::take(&mut self.heap).into_vec() {
+            if cancelled(&entry.timer) {
+                garbage.push(entry.timer);
+            } else {
+                kept.push(entry);
+            }
+        }
+        self.heap = BinaryHeap::from(kept);
+        true
+    }
+
+    /// Removes every timer (the caller drops them outside its locks).
+    pub fn drain_all(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|e| e.timer)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TimerHeap;
+
+    fn due(heap: &mut TimerHeap<u32>, now: f64) -> Vec<u32> {
+        std::iter::from_fn(|| heap.pop_due(now)).collect()
+    }
+
+    #[test]
+    fn pops_in_deadline_order_then_fifo() {
+        let mut heap = TimerHeap::default();
+        heap.push(3.0, 30);
+        heap.push(1.0, 10);
+        heap.push(2.0, 20);
+        heap.push(1.0, 11);
+        assert_eq!(due(&mut heap, 2.5), vec![10, 11, 20]);
+        assert_eq!(heap.next_deadline(), Some(3.0));
+        assert_eq!(due(&mut heap, 2.9), Vec::<u32>::new());
+        assert_eq!(due(&mut heap, 3.0), vec![30], "a deadline equal to now is due");
+    }
+
+    #[test]
+    fn nan_deadline_is_due_first() {
+        let mut heap = TimerHeap::default();
+        heap.push(5.0, 1);
+        heap.push(f64::NAN, 2);
+        assert_eq!(due(&mut heap, 0.0), vec![2]);
+    }
+
+    #[test]
+    fn compaction_keeps_live_timers_in_order() {
+        let mut heap = TimerHeap::default();
+        for i in 0..1000u32 {
+            heap.push(f64::from(i), i);
+        }
+        let cancelled = |t: &u32| t % 10 != 0;
+        let mut garbage = Vec::new();
+        assert!(!heap.compact_if_mostly_cancelled(400, cancelled, &mut garbage));
+        assert!(heap.compact_if_mostly_cancelled(900, cancelled, &mut garbage));
+        assert_eq!(garbage.len(), 900);
+        assert_eq!(heap.len(), 100);
+        let expected: Vec<u32> = (0..1000).filter(|t| t % 10 == 0).collect();
+        assert_eq!(due(&mut heap, 1e9), expected);
+    }
+
+    #[test]
+    fn cancelled_heads_are_dropped() {
+        let mut heap = TimerHeap::default();
+        for i in 0..5u32 {
+            heap.push(f64::from(i), i);
+        }
+        let mut garbage = Vec::new();
+        heap.drop_cancelled_heads(|t| *t < 3, &mut garbage);
+        assert_eq!(garbage, vec![0, 1, 2]);
+        assert_eq!(heap.next_deadline(), Some(3.0));
+    }
+}
