@@ -13,6 +13,7 @@ import builtins
 import importlib.machinery
 import importlib.util
 import io
+import linecache
 import os
 import runpy
 import sys
@@ -132,6 +133,10 @@ def _run_module(name: str, args: list[str]) -> None:
 def _run_source(source: str, filename: str, argv: list[str]) -> None:
     sys.argv = argv
     sys.path[0] = ""  # the current directory, as CPython sets it for -c and stdin
+    if filename == "<string>" and sys.version_info >= (3, 13):
+        # CPython 3.13+ keeps the -c source so that tracebacks can quote it; do the same.
+        lines = [line + "\n" for line in source.splitlines()]
+        linecache.cache[filename] = (len(source), None, lines, filename)
     _run_program(lambda: _exec_as_main(source, filename, _new_main_module()))
 
 
