@@ -33,7 +33,6 @@ def test_call_soon_returns_a_cancellable_handle(loop):
     calls = []
     handle = loop.call_soon(calls.append, "cancelled")
     loop.call_soon(calls.append, "kept")
-    assert isinstance(handle, asyncio.Handle)
     assert not handle.cancelled()
     handle.cancel()
     assert handle.cancelled()
@@ -42,6 +41,13 @@ def test_call_soon_returns_a_cancellable_handle(loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert calls == ["kept"]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_handles_are_asyncio_handles(loop, method):
+    handle = getattr(loop, method)(print)
+    assert isinstance(handle, asyncio.Handle)
+    handle.cancel()
 
 
 def test_handle_cancelled_by_an_earlier_callback_of_the_same_iteration_never_runs(loop):
@@ -234,7 +240,6 @@ def test_call_soon_threadsafe_from_many_threads_delivers_every_callback(loop):
 def test_call_soon_threadsafe_returns_a_cancellable_handle(loop):
     calls = []
     handle = loop.call_soon_threadsafe(calls.append, "cancelled")
-    assert isinstance(handle, asyncio.Handle)
     handle.cancel()
     loop.call_soon(loop.stop)
     loop.run_forever()
