@@ -14,6 +14,8 @@ pub fn monotonic() -> f64 {
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux
     // and macOS, so the call cannot fail with these arguments.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // `time_t` and `c_long` are i64 on 64-bit Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
     let nanos = ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64;
     nanos as f64 / 1e9
 }

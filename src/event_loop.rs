@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mio::{Registry, Waker};
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
@@ -78,9 +80,8 @@ fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
 /// A helper from `ferroloop._format` (slow paths: debug checks, reprs).
 fn format_helper<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    let module = MODULE.get_or_try_init(py, || {
-        py.import("ferroloop._format").map(Bound::unbind)
-    })?;
+    let module =
+        MODULE.get_or_try_init(py, || py.import("ferroloop._format").map(Bound::unbind))?;
     module.bind(py).getattr(name)
 }
 
@@ -91,7 +92,10 @@ fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     } else {
         fileobj
             .call_method0("fileno")
-            .and_then(|fd| fd.call_method0("__index__").or_else(|_| fd.call_method0("__int__")))
+            .and_then(|fd| {
+                fd.call_method0("__index__")
+                    .or_else(|_| fd.call_method0("__int__"))
+            })
             .and_then(|fd| fd.extract())
             .map_err(|_| {
                 let repr = fileobj
@@ -102,7 +106,9 @@ fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             })?
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
@@ -136,7 +142,9 @@ impl LoopCore {
         if !debug {
             return Ok(None);
         }
-        Ok(Some(format_helper(py, "source_traceback")?.call0()?.unbind()))
+        Ok(Some(
+            format_helper(py, "source_traceback")?.call0()?.unbind(),
+        ))
     }
 
     fn make_handle(
@@ -341,11 +349,7 @@ impl LoopCore {
     }
 
     /// Runs one batch; on an exception that must propagate, puts the rest back in front.
-    fn run_batch(
-        &self,
-        slf: &Bound<'_, Self>,
-        batch: &mut VecDeque<Py<Handle>>,
-    ) -> PyResult<()> {
+    fn run_batch(&self, slf: &Bound<'_, Self>, batch: &mut VecDeque<Py<Handle>>) -> PyResult<()> {
         let py = slf.py();
         let debug = self.debug.load(Ordering::Relaxed);
         let slow_callback_duration = if debug {
@@ -548,7 +552,18 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when: f64 = when.extract()?;
+        // The stdlib accepts any object here and fails when the heap compares it with
+        // another deadline; we fail at once, with that comparison's error.
+        let when: f64 = when.extract().map_err(|_| {
+            let name = when
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "object".into());
+            PyTypeError::new_err(format!(
+                "'<' not supported between instances of '{name}' and 'float'"
+            ))
+        })?;
         self.schedule_timer(callback.py(), when, callback, args, context)
     }
 

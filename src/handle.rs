@@ -29,7 +29,9 @@ struct Call {
 /// Locks a mutex whose data stays consistent even if a holder panicked (none of ours
 /// panic while holding it; this just keeps a panic from turning into a second one).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or a reader/writer.

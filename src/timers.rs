@@ -83,7 +83,7 @@ impl<T> TimerHeap<T> {
     /// Pops the earliest timer if its deadline is not after `now` (a NaN deadline is due).
     pub fn pop_due(&mut self, now: f64) -> Option<T> {
         match self.heap.peek() {
-            Some(e) if !(e.when > now) => self.heap.pop().map(|e| e.timer),
+            Some(e) if e.when.is_nan() || e.when <= now => self.heap.pop().map(|e| e.timer),
             _ => None,
         }
     }
@@ -149,7 +149,11 @@ mod tests {
         assert_eq!(due(&mut heap, 2.5), vec![10, 11, 20]);
         assert_eq!(heap.next_deadline(), Some(3.0));
         assert_eq!(due(&mut heap, 2.9), Vec::<u32>::new());
-        assert_eq!(due(&mut heap, 3.0), vec![30], "a deadline equal to now is due");
+        assert_eq!(
+            due(&mut heap, 3.0),
+            vec![30],
+            "a deadline equal to now is due"
+        );
     }
 
     #[test]
