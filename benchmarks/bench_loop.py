@@ -34,7 +34,7 @@ def run_in_batches(loop: asyncio.AbstractEventLoop, n: int, batch: Callable[[], 
     return perf_counter() - start
 
 
-@benchmark("call_soon", title="call_soon, 0 args", unit="callbacks/s", work=300_000)
+@benchmark("call_soon", title="call_soon, 0 args", unit="callbacks/s", work=200_000)
 def call_soon_no_args(loop: asyncio.AbstractEventLoop, n: int) -> float:
     def callback() -> None:
         pass
@@ -47,7 +47,7 @@ def call_soon_no_args(loop: asyncio.AbstractEventLoop, n: int) -> float:
     return run_in_batches(loop, n, batch)
 
 
-@benchmark("call_soon_args", title="call_soon, 2 args", unit="callbacks/s", work=300_000)
+@benchmark("call_soon_args", title="call_soon, 2 args", unit="callbacks/s", work=200_000)
 def call_soon_two_args(loop: asyncio.AbstractEventLoop, n: int) -> float:
     def callback(a: int, b: str) -> None:
         pass
@@ -64,7 +64,7 @@ def call_soon_two_args(loop: asyncio.AbstractEventLoop, n: int) -> float:
     "call_soon_threadsafe",
     title="call_soon_threadsafe from another thread",
     unit="callbacks/s",
-    work=60_000,
+    work=40_000,
 )
 def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, n: int) -> float:
     remaining = n
@@ -93,7 +93,7 @@ def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, n: int) -> float:
     "call_later_cancel",
     title="call_later + cancel",
     unit="timers/s",
-    work=200_000,
+    work=150_000,
 )
 def call_later_cancel(loop: asyncio.AbstractEventLoop, n: int) -> float:
     def callback() -> None:
@@ -140,7 +140,7 @@ def timers_firing(loop: asyncio.AbstractEventLoop, n: int) -> float:
     return perf_counter() - start
 
 
-@benchmark("sleep0", title="await asyncio.sleep(0)", unit="iterations/s", work=120_000)
+@benchmark("sleep0", title="await asyncio.sleep(0)", unit="iterations/s", work=80_000)
 def sleep_zero(loop: asyncio.AbstractEventLoop, n: int) -> float:
     async def sleeper() -> None:
         for _ in range(n):
@@ -158,7 +158,7 @@ GATHER_SIZE = 10_000
     "gather",
     title="create_task + gather of 10,000 coroutines",
     unit="tasks/s",
-    work=50_000,
+    work=30_000,
 )
 def create_task_gather(loop: asyncio.AbstractEventLoop, n: int) -> float:
     async def nothing() -> None:
@@ -178,7 +178,7 @@ def create_task_gather(loop: asyncio.AbstractEventLoop, n: int) -> float:
     "future",
     title="Future create + set_result (next iteration) + await",
     unit="round trips/s",
-    work=60_000,
+    work=40_000,
 )
 def future_round_trip(loop: asyncio.AbstractEventLoop, n: int) -> float:
     async def round_trips() -> None:
