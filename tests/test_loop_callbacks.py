@@ -2,9 +2,12 @@
 
 import asyncio
 import contextvars
+import functools
+import gc
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -44,7 +47,7 @@ def test_call_soon_returns_a_cancellable_handle(loop):
 
 
 @pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
-def test_handles_are_asyncio_handles(loop, method):
+def test_handles_are_stdlib_handle_instances(loop, method):
     handle = getattr(loop, method)(print)
     assert isinstance(handle, asyncio.Handle)
     handle.cancel()
@@ -257,3 +260,109 @@ def test_handles_run_the_callback_object_itself(loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert calls == ["object"]
+
+
+def reprs_of_handles(lp):
+    """Reprs of plain, timer and cancelled handles, with timer deadlines masked."""
+
+    def target(x):
+        pass
+
+    def masked(handle):
+        text = repr(handle)
+        return text.replace(f"when={handle.when()}", "when=W") if hasattr(handle, "when") else text
+
+    reprs = []
+    for debug in (False, True):
+        lp.set_debug(debug)
+        handles = [
+            lp.call_soon(target, 1),
+            lp.call_soon(functools.partial(target, 2)),
+            lp.call_soon(print, "builtin"),
+            lp.call_later(10, target, 3),
+        ]
+        reprs += [masked(h) for h in handles]
+        for handle in handles:
+            handle.cancel()
+        reprs += [masked(h) for h in handles]
+    lp.set_debug(False)
+    return reprs
+
+
+def test_handle_reprs_match_the_stdlib(loop):
+    stdlib_loop = asyncio.new_event_loop()
+    try:
+        expected = reprs_of_handles(stdlib_loop)
+    finally:
+        stdlib_loop.close()
+    assert reprs_of_handles(loop) == expected
+
+
+def test_cancel_after_the_callback_ran_marks_the_handle_cancelled(loop):
+    calls = []
+    handle = loop.call_soon(calls.append, 1)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == [1]
+    handle.cancel()
+    assert handle.cancelled()
+
+
+def test_call_soon_rejects_keyword_arguments_like_the_stdlib(loop, stdlib_error):
+    expected = stdlib_error(lambda lp: lp.call_soon(print, end=""))
+    assert isinstance(expected, TypeError)
+    with pytest.raises(TypeError):
+        loop.call_soon(print, end="")
+
+
+class Payload:
+    pass
+
+
+def test_loop_releases_callback_args_after_running(loop):
+    payload = Payload()
+    ref = weakref.ref(payload)
+    loop.call_soon(lambda p: None, payload)
+    loop.call_soon(loop.stop)
+    del payload
+    loop.run_forever()
+    gc.collect()
+    assert ref() is None
+
+
+def test_cancelled_timer_releases_its_callback_and_args_at_once(loop):
+    # The stdlib drops a cancelled handle's callback and args at cancel(), even though
+    # the handle itself stays in the timer heap until its deadline.
+    payload = Payload()
+    ref = weakref.ref(payload)
+    handle = loop.call_later(3600, lambda p: None, payload)
+    del payload
+    handle.cancel()
+    gc.collect()
+    assert ref() is None
+
+
+def test_closed_loop_can_be_garbage_collected(loop_factory):
+    lp = loop_factory()
+    lp.call_soon(lp.stop)
+    lp.run_forever()
+    lp.run_until_complete(asyncio.sleep(0))
+    lp.close()
+    ref = weakref.ref(lp)
+    del lp
+    gc.collect()
+    assert ref() is None
+
+
+def test_unclosed_loop_warns_when_collected(loop_factory):
+    lp = loop_factory()
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del lp
+        gc.collect()
+
+
+def test_loops_are_weakly_referenceable_and_hashable(loop):
+    per_loop = weakref.WeakKeyDictionary()
+    per_loop[loop] = "state"
+    assert per_loop[loop] == "state"
+    assert weakref.ref(loop)() is loop

@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import logging
+import traceback
 
 import pytest
 
@@ -221,3 +222,12 @@ def test_keyboard_interrupt_from_the_exception_handler_escapes(loop):
     with pytest.raises(KeyboardInterrupt):
         run_once(loop)
     assert not loop.is_running()
+
+
+def test_logged_callback_exception_keeps_its_traceback(loop, caplog):
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_soon(failing, 8)
+        run_once(loop)
+    (record,) = [r for r in caplog.records if r.name == "asyncio"]
+    frames = traceback.extract_tb(record.exc_info[2])
+    assert frames[-1].name == "failing"

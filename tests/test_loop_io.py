@@ -266,3 +266,78 @@ def test_closing_the_loop_leaves_user_sockets_open(loop, pair):
     loop.close()
     b.send(b"still open")
     assert a.recv(100) == b"still open"
+
+
+def test_one_iteration_runs_ready_then_io_then_due_timer_callbacks(loop, pair):
+    a, b = pair
+    calls = []
+    loop.call_later(-1, calls.append, "due timer")
+    loop.add_reader(a, lambda: calls.append(("io", a.recv(100))))
+    loop.call_soon(calls.append, "ready")
+    b.send(b"x")
+    loop.stop()
+    loop.run_forever()
+    assert calls == ["ready", ("io", b"x"), "due timer"]
+    loop.remove_reader(a)
+
+
+def test_reader_is_called_when_the_peer_closes(loop, pair):
+    a, b = pair
+    received = []
+
+    def on_readable():
+        received.append(a.recv(100))
+        loop.remove_reader(a)
+
+    loop.add_reader(a, on_readable)
+    b.close()
+    run_for(loop, 0.02)
+    assert received == [b""]
+
+
+def test_writer_is_called_when_the_peer_is_gone(loop, pair):
+    a, b = pair
+    calls = []
+
+    def on_writable():
+        calls.append("writable")
+        loop.remove_writer(a)
+
+    b.close()
+    loop.add_writer(a, on_writable)
+    run_for(loop, 0.02)
+    assert calls == ["writable"]
+
+
+def test_reader_and_writer_on_pipes(loop):
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    events = []
+
+    def on_readable():
+        data = os.read(read_end, 100)
+        events.append(("read", data))
+        if not data:
+            loop.remove_reader(read_end)
+
+    def on_writable():
+        os.write(write_end, b"through a pipe")
+        os.close(write_end)
+        events.append(("wrote", None))
+        loop.remove_writer(write_end)
+
+    try:
+        loop.add_reader(read_end, on_readable)
+        loop.add_writer(write_end, on_writable)
+        run_for(loop, 0.03)
+    finally:
+        os.close(read_end)
+    assert events == [("wrote", None), ("read", b"through a pipe"), ("read", b"")]
+
+
+def test_add_reader_on_a_regular_file(assert_same_error, tmp_path):
+    path = tmp_path / "regular"
+    path.write_bytes(b"data")
+    with open(path, "rb") as f:
+        exc = assert_same_error(lambda lp: lp.add_reader(f.fileno(), print))
+    assert isinstance(exc, OSError)

@@ -50,7 +50,7 @@ def test_call_at_keeps_the_exact_deadline(loop):
      lambda lp: lp.call_at(lp.time() + 1, print)],
     ids=["call_later 0", "call_later negative", "call_at"],
 )
-def test_timer_handles_are_asyncio_timer_handles(loop, schedule):
+def test_timer_handles_are_stdlib_timer_handle_instances(loop, schedule):
     handle = schedule(loop)
     assert isinstance(handle, asyncio.TimerHandle)
     handle.cancel()
