@@ -10,7 +10,8 @@ Use it with one line and change nothing else::
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from ._loop import Loop
 

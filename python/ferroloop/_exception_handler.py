@@ -10,7 +10,8 @@ import sys
 import traceback
 from asyncio import tasks
 from asyncio.log import logger
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _format
 
@@ -119,5 +120,3 @@ class ExceptionHandlerMixin:
         owner = getattr(callback, "__self__", None)
         described = repr(owner) if isinstance(owner, tasks.Task) else str(handle)
         logger.warning("Executing %s took %.3f seconds", described, seconds)
-
-

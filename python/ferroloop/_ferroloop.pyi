@@ -50,27 +50,27 @@ class LoopCore:
     def call_soon(
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: contextvars.Context | None = None,
     ) -> Handle: ...
     def call_soon_threadsafe(
         self,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: contextvars.Context | None = None,
     ) -> Handle: ...
     def call_later(
         self,
         delay: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: contextvars.Context | None = None,
     ) -> TimerHandle: ...
     def call_at(
         self,
         when: float,
         callback: Callable[[Unpack[_Ts]], object],
-        *args: Unpack[_Ts],
+        *args: *_Ts,
         context: contextvars.Context | None = None,
     ) -> TimerHandle: ...
     def time(self) -> float: ...
@@ -79,11 +79,11 @@ class LoopCore:
     def is_closed(self) -> bool: ...
     def stop(self) -> None: ...
     def add_reader(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: *_Ts
     ) -> None: ...
     def remove_reader(self, fd: FileDescriptorLike) -> bool: ...
     def add_writer(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: *_Ts
     ) -> None: ...
     def remove_writer(self, fd: FileDescriptorLike) -> bool: ...
     def _set_debug_flag(self, enabled: bool) -> None: ...

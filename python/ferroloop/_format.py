@@ -11,7 +11,9 @@ from asyncio import coroutines, format_helpers
 from typing import Any
 
 # 3.13 hides callback arguments outside debug mode; earlier versions always show them.
-_FORMAT_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+_FORMAT_TAKES_DEBUG = (
+    "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+)
 
 
 def callback_source(callback: Any, args: Any, debug: bool) -> str:

@@ -15,7 +15,8 @@ import warnings
 import weakref
 from asyncio import coroutines, events, futures, tasks, timeouts
 from asyncio.log import logger
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._exception_handler import ExceptionHandlerMixin
 from ._ferroloop import LoopCore
@@ -171,7 +172,9 @@ class Loop(LoopCore, SignalsMixin, ExceptionHandlerMixin, events.AbstractEventLo
             self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
             sys.set_coroutine_origin_tracking_depth(_DEBUG_STACK_DEPTH)
         else:
-            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
+            sys.set_coroutine_origin_tracking_depth(
+                self._coroutine_origin_tracking_saved_depth or 0
+            )
         self._coroutine_origin_tracking_enabled = enabled
 
     def _timer_handle_cancelled(self, handle: Any) -> None:
@@ -216,6 +219,7 @@ class Loop(LoopCore, SignalsMixin, ExceptionHandlerMixin, events.AbstractEventLo
                 f"asynchronous generator {agen!r} was scheduled after "
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
+                stacklevel=1,
                 source=self,
             )
         self._asyncgens.add(agen)
@@ -233,7 +237,7 @@ class Loop(LoopCore, SignalsMixin, ExceptionHandlerMixin, events.AbstractEventLo
         closing = list(self._asyncgens)
         self._asyncgens.clear()
         results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
-        for result, agen in zip(results, closing):
+        for result, agen in zip(results, closing, strict=False):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {
@@ -246,7 +250,9 @@ class Loop(LoopCore, SignalsMixin, ExceptionHandlerMixin, events.AbstractEventLo
 
     # ---- executors ------------------------------------------------------------------
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> futures.Future:
+    def run_in_executor(
+        self, executor: Any, func: Callable[..., Any], *args: Any
+    ) -> futures.Future:
         """Run ``func(*args)`` in ``executor`` (None: the default thread pool)."""
         self._check_closed()
         if self.get_debug():
@@ -303,7 +309,14 @@ class Loop(LoopCore, SignalsMixin, ExceptionHandlerMixin, events.AbstractEventLo
     # ---- name resolution ------------------------------------------------------------
 
     async def getaddrinfo(
-        self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+        self,
+        host: Any,
+        port: Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
     ) -> list[Any]:
         resolve = self._getaddrinfo_debug if self.get_debug() else socket.getaddrinfo
         return await self.run_in_executor(None, resolve, host, port, family, type, proto, flags)
@@ -312,7 +325,12 @@ class Loop(LoopCore, SignalsMixin, ExceptionHandlerMixin, events.AbstractEventLo
         self, host: Any, port: Any, family: int, type: int, proto: int, flags: int
     ) -> list[Any]:
         described = [f"{host}:{port!r}"]
-        for label, value in (("family", family), ("type", type), ("proto", proto), ("flags", flags)):
+        for label, value in (
+            ("family", family),
+            ("type", type),
+            ("proto", proto),
+            ("flags", flags),
+        ):
             if value:
                 described.append(f"{label}={value!r}")
         text = ", ".join(described)

@@ -16,7 +16,8 @@ import threading
 import warnings
 from asyncio import coroutines, events
 from asyncio.log import logger
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:
@@ -150,6 +151,7 @@ class SignalsMixin:
                 f"Closing the loop {self!r} on interpreter shutdown stage, "
                 "skipping signal handlers removal",
                 ResourceWarning,
+                stacklevel=1,
                 source=self,
             )
             self._signal_handlers.clear()
