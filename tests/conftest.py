@@ -5,12 +5,8 @@ ferroloop bug.
 """
 
 import asyncio
-import faulthandler
 
 import pytest
-
-# A hung loop must fail the run with a traceback rather than block CI forever.
-HANG_TIMEOUT = 60
 
 
 @pytest.fixture(params=["ferroloop", "asyncio"])
@@ -67,10 +63,3 @@ def assert_same_error(loop, stdlib_error):
         return info.value
 
     return check
-
-
-@pytest.fixture(autouse=True)
-def hang_guard():
-    faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()

@@ -118,7 +118,9 @@ def test_failing_generator_close_is_reported_like_the_stdlib(loop):
         lp.run_until_complete(start())
         lp.run_until_complete(lp.shutdown_asyncgens())
         assert all(ctx["asyncgen"] is gen for ctx in contexts)
-        return [(ctx["message"].replace(repr(gen), "<gen>"), type(ctx["exception"])) for ctx in contexts]
+        return [
+            (ctx["message"].replace(repr(gen), "<gen>"), type(ctx["exception"])) for ctx in contexts
+        ]
 
     stdlib_loop = asyncio.new_event_loop()
     try:

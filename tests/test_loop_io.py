@@ -17,9 +17,11 @@ def pair():
     b.close()
 
 
-def run_for(loop, seconds):
-    loop.call_later(seconds, loop.stop)
-    loop.run_forever()
+def run_iterations(loop, count):
+    """Run exactly `count` iterations: after stop(), run_forever polls without blocking."""
+    for _ in range(count):
+        loop.stop()
+        loop.run_forever()
 
 
 @pytest.mark.parametrize("as_fd", [False, True], ids=["socket", "fd"])
@@ -83,8 +85,8 @@ def test_reader_is_level_triggered_while_data_remains(loop, pair):
 
     loop.add_reader(a, read_one_byte)
     b.send(b"abc")
-    run_for(loop, 0.02)
-    # One byte per call: called again while unread data remains, and never when none is left.
+    run_iterations(loop, 5)
+    # One byte per iteration while unread data remains, and no call once none is left.
     assert chunks == [b"a", b"b", b"c"]
     loop.remove_reader(a)
 
@@ -122,7 +124,7 @@ def test_reader_and_writer_on_the_same_fd(loop, pair):
     loop.add_reader(a, on_readable)
     loop.add_writer(a, on_writable)
     b.send(b"data")
-    run_for(loop, 0.02)
+    run_iterations(loop, 5)
     assert sorted(events) == [("read", b"data"), ("write", None)]
 
 
@@ -139,7 +141,7 @@ def test_removing_the_reader_keeps_the_writer(loop, pair):
     loop.add_reader(a, lambda: reads.__setitem__(0, reads[0] + 1))
     loop.add_writer(a, on_writable)
     assert loop.remove_reader(a) is True
-    run_for(loop, 0.02)
+    run_iterations(loop, 5)
     assert writes == [3]
     assert reads == [0]
 
@@ -172,7 +174,7 @@ def test_reader_removed_by_its_own_callback_is_not_called_again(loop, pair):
 
     loop.add_reader(a, reader)
     b.send(b"unread data")
-    run_for(loop, 0.02)
+    run_iterations(loop, 5)
     assert calls == ["read"]
 
 
@@ -188,7 +190,7 @@ def test_failing_reader_goes_to_the_exception_handler(loop, pair):
 
     loop.add_reader(a, reader)
     b.send(b"x")
-    run_for(loop, 0.02)
+    run_iterations(loop, 5)
     assert len(contexts) == 1
     assert contexts[0]["message"].startswith("Exception in callback ")
     assert isinstance(contexts[0]["exception"], ValueError)
@@ -291,7 +293,7 @@ def test_reader_is_called_when_the_peer_closes(loop, pair):
 
     loop.add_reader(a, on_readable)
     b.close()
-    run_for(loop, 0.02)
+    run_iterations(loop, 5)
     assert received == [b""]
 
 
@@ -305,7 +307,7 @@ def test_writer_is_called_when_the_peer_is_gone(loop, pair):
 
     b.close()
     loop.add_writer(a, on_writable)
-    run_for(loop, 0.02)
+    run_iterations(loop, 5)
     assert calls == ["writable"]
 
 
@@ -329,7 +331,7 @@ def test_reader_and_writer_on_pipes(loop):
     try:
         loop.add_reader(read_end, on_readable)
         loop.add_writer(write_end, on_writable)
-        run_for(loop, 0.03)
+        run_iterations(loop, 5)
     finally:
         os.close(read_end)
     assert events == [("wrote", None), ("read", b"through a pipe"), ("read", b"")]

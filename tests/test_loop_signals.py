@@ -177,6 +177,14 @@ def test_add_signal_handler_outside_the_main_thread(assert_same_error):
     assert signal.getsignal(signal.SIGUSR1) != signal.SIG_DFL  # still the fixture's handler
 
 
+CTRL_C_PRELUDE = """\
+import asyncio
+from {module} import new_event_loop
+
+def ready():
+    print("ready", flush=True)
+"""
+
 CTRL_C_SCRIPTS = {
     "run_forever idle": """
         loop = new_event_loop()
@@ -203,12 +211,7 @@ CTRL_C_SCRIPTS = {
 @pytest.mark.parametrize("scenario", sorted(CTRL_C_SCRIPTS))
 def test_ctrl_c_interrupts_a_blocked_loop(loop_factory, scenario):
     module = loop_factory.__module__.split(".")[0]
-    script = f"import asyncio\nfrom {module} import new_event_loop\n" + textwrap.dedent(
-        """
-        def ready():
-            print("ready", flush=True)
-        """
-    ) + textwrap.dedent(CTRL_C_SCRIPTS[scenario])
+    script = CTRL_C_PRELUDE.format(module=module) + textwrap.dedent(CTRL_C_SCRIPTS[scenario])
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,

@@ -46,8 +46,11 @@ def test_call_at_keeps_the_exact_deadline(loop):
 
 @pytest.mark.parametrize(
     "schedule",
-    [lambda lp: lp.call_later(0, print), lambda lp: lp.call_later(-1, print),
-     lambda lp: lp.call_at(lp.time() + 1, print)],
+    [
+        lambda lp: lp.call_later(0, print),
+        lambda lp: lp.call_later(-1, print),
+        lambda lp: lp.call_at(lp.time() + 1, print),
+    ],
     ids=["call_later 0", "call_later negative", "call_at"],
 )
 def test_timer_handles_are_stdlib_timer_handle_instances(loop, schedule):
