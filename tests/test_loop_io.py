@@ -343,3 +343,45 @@ def test_add_reader_on_a_regular_file(assert_same_error, tmp_path):
     with open(path, "rb") as f:
         exc = assert_same_error(lambda lp: lp.add_reader(f.fileno(), print))
     assert isinstance(exc, OSError)
+
+
+def test_many_fds_ready_in_one_poll_all_get_their_callback(loop):
+    pairs = [socket.socketpair() for _ in range(300)]
+    received = []
+
+    def reader(index, sock):
+        received.append((index, sock.recv(100)))
+        loop.remove_reader(sock)
+
+    try:
+        for index, (a, b) in enumerate(pairs):
+            loop.add_reader(a, reader, index, a)
+            b.send(b"%d" % index)
+        run_iterations(loop, 3)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert sorted(received) == [(i, b"%d" % i) for i in range(300)]
+
+
+def test_reader_removed_by_another_reader_in_the_same_iteration_does_not_run(loop):
+    (a1, b1), (a2, b2) = socket.socketpair(), socket.socketpair()
+    calls = []
+
+    def reader(name, other):
+        calls.append(name)
+        loop.remove_reader(other)
+
+    try:
+        loop.add_reader(a1, reader, "first", a2)
+        loop.add_reader(a2, reader, "second", a1)
+        b1.send(b"x")
+        b2.send(b"x")
+        # Both fds are ready in the same poll: whichever runs first removes the other.
+        loop.stop()
+        loop.run_forever()
+    finally:
+        for sock in (a1, b1, a2, b2):
+            sock.close()
+    assert len(calls) == 1

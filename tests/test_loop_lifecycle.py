@@ -259,3 +259,26 @@ def test_closed_loop_remove_reader_and_writer_return_false(loop):
         loop.close()
         assert loop.remove_reader(a) is False
         assert loop.remove_writer(a) is False
+
+
+def test_interrupted_run_until_complete_does_not_stop_a_later_run(loop):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    task = loop.create_task(asyncio.sleep(0.01))
+    loop.call_soon(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(task)
+    # The task completing later must not stop the loop: run_until_complete cleaned up.
+    calls = []
+    loop.call_later(0.05, calls.append, "still running")
+    loop.call_later(0.06, loop.stop)
+    loop.run_forever()
+    assert task.done()
+    assert calls == ["still running"]
+
+
+def test_run_until_complete_with_an_already_done_future(loop):
+    fut = loop.create_future()
+    fut.set_result("ready")
+    assert loop.run_until_complete(fut) == "ready"
