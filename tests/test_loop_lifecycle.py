@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import signal
 import socket
+import threading
 
 import pytest
 
@@ -282,3 +283,36 @@ def test_run_until_complete_with_an_already_done_future(loop):
     fut = loop.create_future()
     fut.set_result("ready")
     assert loop.run_until_complete(fut) == "ready"
+
+
+def test_loop_runs_in_a_worker_thread(loop):
+    results = []
+
+    async def main():
+        await asyncio.sleep(0.001)
+        return asyncio.get_running_loop(), threading.current_thread()
+
+    def worker():
+        results.append(loop.run_until_complete(main()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(10)
+    assert results == [(loop, thread)]
+
+
+def test_two_loops_in_one_thread_keep_their_own_callbacks(loop, loop_factory):
+    other = loop_factory()
+    calls = []
+    try:
+        loop.call_soon(calls.append, "first loop")
+        other.call_soon(calls.append, "other loop")
+        other.call_later(0.001, calls.append, "other timer")
+        loop.call_later(0.001, loop.stop)
+        loop.run_forever()
+        assert calls == ["first loop"]
+        other.call_later(0.002, other.stop)
+        other.run_forever()
+        assert calls == ["first loop", "other loop", "other timer"]
+    finally:
+        other.close()
