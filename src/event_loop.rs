@@ -223,7 +223,7 @@ impl LoopCore {
         match outcome {
             Ok(previous) => {
                 if let Some(previous) = previous {
-                    previous.get().cancel_now();
+                    Handle::cancel(previous.bind(py))?;
                 }
                 Ok(())
             }
@@ -248,7 +248,7 @@ impl LoopCore {
         };
         Ok(match removed {
             Some(handle) => {
-                handle.get().cancel_now();
+                Handle::cancel(handle.bind(fileobj.py()))?;
                 true
             }
             None => false,
@@ -368,7 +368,8 @@ impl LoopCore {
                 outcome = if is_exit_exception(py, &err) {
                     Err(err)
                 } else {
-                    slf.call_method1("_report_callback_error", (&handle, err.value(py)))
+                    // into_value attaches the traceback (not yet on the value on 3.11).
+                    slf.call_method1("_report_callback_error", (&handle, err.into_value(py)))
                         .map(drop)
                 };
             }

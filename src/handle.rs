@@ -45,6 +45,9 @@ pub struct Handle {
     source_traceback: Option<Py<PyAny>>,
     /// Set for timers (`TimerHandle`).
     timer: Option<TimerState>,
+    /// In debug mode, the repr taken when the handle was cancelled, so that logs still
+    /// name the callback it no longer holds (the stdlib's `_repr`).
+    cancelled_repr: Mutex<Option<String>>,
 }
 
 /// What a timer adds to a handle: its deadline and its place in the loop's heap.
@@ -86,6 +89,7 @@ impl Handle {
             cancelled: AtomicBool::new(false),
             source_traceback,
             timer,
+            cancelled_repr: Mutex::new(None),
         })
     }
 
@@ -93,16 +97,15 @@ impl Handle {
         self.cancelled.load(Ordering::Acquire)
     }
 
-    /// Marks the handle cancelled; returns the callback and arguments so the caller can
-    /// drop them outside any lock of its own (dropping may run arbitrary `__del__` code).
-    fn take_call(&self) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+    /// Marks the handle cancelled, returning whether it already was.
+    fn mark_cancelled(&self) -> bool {
         let was_cancelled = self.cancelled.swap(true, Ordering::AcqRel);
         if let Some(timer) = &self.timer {
             if !was_cancelled && timer.scheduled.load(Ordering::Acquire) {
                 timer.heap_cancelled.fetch_add(1, Ordering::AcqRel);
             }
         }
-        lock(&self.call).take().map(|c| (c.callback, c.args))
+        was_cancelled
     }
 
     /// The deadline of a timer (NaN for a plain handle, which the loop never asks).
@@ -188,18 +191,23 @@ fn handle_repr(slf: &Bound<'_, PyAny>) -> PyResult<String> {
         .extract()
 }
 
-impl Handle {
-    /// `cancel()` for the loop's own use (replaced or removed watchers).
-    pub fn cancel_now(&self) {
-        drop(self.take_call());
-    }
-}
-
 #[pymethods]
 impl Handle {
     /// Cancel the callback. Cancelling an already cancelled or finished handle does nothing.
-    fn cancel(&self) {
-        drop(self.take_call());
+    pub fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.mark_cancelled() {
+            return Ok(());
+        }
+        // Debug mode (the only time a handle keeps its source traceback) freezes the repr.
+        if this.source_traceback.is_some() {
+            let repr = handle_repr(slf.as_any())?;
+            *lock(&this.cancelled_repr) = Some(repr);
+        }
+        // Taken out under the lock, dropped after it: dropping may run `__del__` code.
+        let call = lock(&this.call).take();
+        drop(call);
+        Ok(())
     }
 
     fn cancelled(&self) -> bool {
@@ -242,6 +250,9 @@ impl Handle {
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        if let Some(repr) = lock(&slf.get().cancelled_repr).as_ref() {
+            return Ok(repr.clone());
+        }
         handle_repr(slf.as_any())
     }
 }

@@ -2,6 +2,7 @@
 
 import asyncio
 import math
+import sys
 import time
 
 import pytest
@@ -53,7 +54,12 @@ def test_call_at_keeps_the_exact_deadline(loop):
     ],
     ids=["call_later 0", "call_later negative", "call_at"],
 )
-def test_timer_handles_are_stdlib_timer_handle_instances(loop, schedule):
+def test_timer_handles_are_stdlib_timer_handle_instances(loop, schedule, request):
+    if type(loop).__module__.startswith("ferroloop"):
+        # Strict: this starts failing the day ferroloop's handles become stdlib ones.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="docs/compatibility.md: handle classes")
+        )
     handle = schedule(loop)
     assert isinstance(handle, asyncio.TimerHandle)
     handle.cancel()
@@ -220,8 +226,10 @@ def test_call_at_with_a_string_while_another_timer_is_scheduled(loop, stdlib_err
         action(loop)
 
 
-def test_call_later_with_nan_delay_behaves_like_the_stdlib(loop):
-    # The stdlib runs a NaN timer at once up to 3.12; 3.13's poll rejects the NaN timeout.
+def test_call_later_with_nan_delay_runs_the_timer_at_once(loop):
+    # 3.11 and 3.12 run a NaN timer on the next iteration; 3.13's selector instead raises
+    # ValueError out of run_forever. ferroloop keeps the earlier behaviour on every version
+    # (docs/compatibility.md), so the stdlib is the reference only where it is consistent.
     def scenario(lp):
         calls = []
         handle = lp.call_later(math.nan, calls.append, "nan")
@@ -233,12 +241,9 @@ def test_call_later_with_nan_delay_behaves_like_the_stdlib(loop):
             return type(exc)
         return calls
 
-    stdlib_loop = asyncio.new_event_loop()
-    try:
-        expected = scenario(stdlib_loop)
-    finally:
-        stdlib_loop.close()
-    assert scenario(loop) == expected
+    if not type(loop).__module__.startswith("ferroloop") and sys.version_info >= (3, 13):
+        pytest.skip("3.13's stdlib loop raises ValueError for a NaN deadline")
+    assert scenario(loop) == ["nan"]
 
 
 @pytest.mark.parametrize("delay", [0.001, 0.01])

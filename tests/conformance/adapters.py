@@ -35,6 +35,13 @@ class Adaptation:
     add: list[type] = field(default_factory=list)
     replace: dict[type, type] = field(default_factory=dict)
 
+    def __add__(self, other: Adaptation) -> Adaptation:
+        return Adaptation(
+            drop=lambda cls: self.drop(cls) or other.drop(cls),
+            add=self.add + other.add,
+            replace={**self.replace, **other.replace},
+        )
+
 
 def _new_class(mod: ModuleType, name: str, bases: tuple[type, ...], ns: dict) -> type:
     # __module__ is the CPython module: test ids read test_events.EventLoopTests.test_x and
@@ -83,7 +90,10 @@ _SELECTOR_LOOP = ("asyncio.SelectorEventLoop",)
 
 
 def _substitutions(
-    mod: ModuleType, lut: LoopUnderTest, spec: dict[str, tuple[str, tuple[str, ...]]]
+    mod: ModuleType,
+    lut: LoopUnderTest,
+    spec: dict[str, tuple[str, tuple[str, ...]]],
+    factory: Callable | None = None,
 ) -> Adaptation:
     """Adaptation replacing ``class name -> (method, constructor targets)`` in ``spec``."""
     if not lut.substitutes_mock_loops:
@@ -93,10 +103,14 @@ def _substitutions(
         cls = getattr(mod, name, None)
         if cls is None:
             continue
-        # A mock selector is assigned after a BaseEventLoop() call; a real selector loop
-        # is used as is.
-        factory = lut.new_mock_tolerant_loop if targets is _MOCK_BASE_LOOP else lut.new_loop
-        replace[cls] = _substitute(cls, method, targets, factory)
+        if factory is not None:
+            make = factory
+        elif targets is _MOCK_BASE_LOOP:
+            # A mock selector is assigned after the BaseEventLoop() call.
+            make = lut.new_mock_tolerant_loop
+        else:
+            make = lut.new_loop
+        replace[cls] = _substitute(cls, method, targets, make)
     return Adaptation(replace=replace)
 
 
@@ -112,7 +126,18 @@ def _subclasses_of(mod: ModuleType, base_name: str) -> list[str]:
 def _test_events(mod, lut):
     from test.test_asyncio import utils as test_utils
 
-    return _instantiate(
+    # The policy tests build asyncio.DefaultEventLoopPolicy() (and subclasses of it) by hand;
+    # on the loop under test that name means its policy, as asyncio.new_event_loop() does.
+    policy_tests = _substitutions(
+        mod,
+        lut,
+        {
+            name: ("run", ("asyncio.DefaultEventLoopPolicy",))
+            for name in ["PolicyTests", *_subclasses_of(mod, "GetEventLoopTestsMixin")]
+        },
+        factory=lut.policy_class,
+    )
+    return policy_tests + _instantiate(
         mod,
         lut,
         "EventLoopTests",
@@ -238,7 +263,7 @@ ADAPTERS: dict[str, Callable[[ModuleType, LoopUnderTest], Adaptation]] = {
 def adapt(
     modname: str, mod: ModuleType, lut: LoopUnderTest, tests: list[unittest.TestCase]
 ) -> tuple[list[unittest.TestCase], set[type]]:
-    """The module's tests pointed at the loop under test, and the classes made for it."""
+    """The module's tests pointed at the loop under test, and the classes added for it."""
     adapter = ADAPTERS.get(modname)
     if adapter is None:
         return tests, set()
@@ -253,4 +278,6 @@ def adapt(
         out.append(new_cls(test._testMethodName) if new_cls else test)
     for cls in adaptation.add:
         out.extend(loader.loadTestsFromTestCase(cls))
-    return out, set(adaptation.add) | set(adaptation.replace.values())
+    # Tests of an added class always count; a replaced class's tests count when they build
+    # a loop under test (loops.py counts them).
+    return out, set(adaptation.add)

@@ -80,6 +80,18 @@ class LoopUnderTest:
 
         asyncio.events._init_event_loop_policy = _init_event_loop_policy
 
+    def before_test(self) -> None:
+        """Start each test on the loop under test's policy.
+
+        Some tests install a policy of their own and leave it (test_events.PolicyTests sets a
+        stdlib policy and never restores it), which would run the module's later tests on the
+        stdlib loop. The stdlib run keeps CPython's behaviour as is.
+        """
+        if self.policy_class is not None and not isinstance(
+            asyncio.events._event_loop_policy, self.policy_class
+        ):
+            asyncio.set_event_loop_policy(None)
+
     def check(self) -> str | None:
         """Return an error if asyncio's default loop is not the loop under test."""
         before = created["lut"]

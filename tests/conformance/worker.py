@@ -59,9 +59,10 @@ def describe(err: tuple) -> dict:
 class EventResult(unittest.TestResult):
     """Collects each test's outcome and emits it when the test stops."""
 
-    def __init__(self, emit, counters, lut_classes, timeout):
+    def __init__(self, emit, lut, counters, lut_classes, timeout):
         super().__init__()
         self.emit = emit
+        self.lut = lut
         self.counters = counters
         self.lut_classes = lut_classes
         self.timeout = timeout
@@ -69,6 +70,7 @@ class EventResult(unittest.TestResult):
 
     def startTest(self, test):  # noqa: N802
         super().startTest(test)
+        self.lut.before_test()
         self.current = {
             "id": short_id(test.id()),
             "outcome": "pass",
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "excluded": excluded,
         }
     )
-    result = EventResult(emit, loops.created, lut_classes, args.timeout)
+    result = EventResult(emit, lut, loops.created, lut_classes, args.timeout)
     # The suite drops each test once run; no other reference may keep finished tests (and
     # their loops) alive: a bigger heap makes gc-heavy tests (test_task_del_collect) crawl.
     suite = unittest.TestSuite(selected)
