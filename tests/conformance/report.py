@@ -32,6 +32,7 @@ _TRANSPORT_WORDS = re.compile(
 )
 # Core areas, first match wins; matched against the test's class and method name.
 _AREAS = [
+    ("policy", re.compile(r"polic|get_event_loop|child_watcher")),
     ("signals", re.compile(r"signal|sigint|keyboard_?interrupt")),
     ("executors", re.compile(r"executor|to_thread|run_in|threadsafe|thread")),
     ("add_reader", re.compile(r"reader|writer|_fd|fds")),
@@ -66,6 +67,8 @@ def area(test_id: str, record: dict | None = None) -> str:
 
 
 def _normalize(text: str) -> str:
+    text = re.sub(r" at /\S+:\d+", "", text)
+    text = re.sub(r"<(\w+) [^<>]{24,}>", r"<\1 …>", text)
     text = re.sub(r"0x[0-9a-fA-F]+", "0x…", text)
     text = re.sub(r"\d+\.\d+", "N.N", text)
     text = re.sub(r"(?<![\w.])\d{2,}(?!\w)", "N", text)

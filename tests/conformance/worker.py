@@ -11,6 +11,7 @@ loops built by kind, error), ``fixture`` (a setUpModule/setUpClass error), ``don
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import fnmatch
 import importlib
@@ -135,6 +136,11 @@ class EventResult(unittest.TestResult):
         current, self.current = self.current, None
         if current is None:
             return
+        if asyncio.events._get_running_loop() is not None:
+            # A test that fails half-way through a loop's run can leave it registered as
+            # the thread's running loop; every later test would then fail to run a loop.
+            asyncio.events._set_running_loop(None)
+            current["left_running_loop"] = True
         loops0 = current.pop("loops0")
         loops = {k: v - loops0.get(k, 0) for k, v in self.counters.items()}
         current["loops"] = {k: v for k, v in loops.items() if v}
