@@ -12,6 +12,7 @@ loop, and the ratios ferroloop/asyncio and ferroloop/uvloop (above 1: ferroloop 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.metadata
 import json
@@ -55,8 +56,6 @@ def loop_version(spec: LoopSpec) -> str:
 
 def worker(spec_text: str, bench_name: str | None) -> int:
     """Probe a loop (no bench_name) or run one benchmark on it; print one JSON line."""
-    import asyncio
-
     spec = LoopSpec.parse(spec_text)
     try:
         loop = spec.new_loop()
@@ -73,7 +72,7 @@ def worker(spec_text: str, bench_name: str | None) -> int:
     try:
         if bench_name is None:
             loop.run_until_complete(asyncio.sleep(0))
-            emit({"version": loop_version(spec), "class": type(loop).__qualname__})
+            emit({"version": loop_version(spec)})
             return 0
         bench = BENCHMARKS[bench_name]
         bench.body(loop, max(1, bench.work // 10))  # warm-up: caches, allocator, lazy imports
