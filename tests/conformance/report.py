@@ -273,7 +273,12 @@ def print_report(data: dict, summary: dict, *, compare: str = "full") -> None:
 
     for loop, d in loops.items():
         if d.get("loop_class"):
-            out(f"  {loop}: {d['loop_class']} from {d.get('loop_file')}")
+            built = d.get("loops_built") or {}
+            out(
+                f"  {loop}: {d['loop_class']} from {d.get('loop_file')}; loops built: "
+                f"{built.get('lut', 0)} under test, {built.get('other', 0)} other, "
+                f"{built.get('mock', 0)} mock TestLoop"
+            )
 
     score = summary["score"]
     out(

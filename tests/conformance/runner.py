@@ -66,6 +66,7 @@ class ModuleRun:
         self.skipped_module: str | None = None
         self.loop_class: str | None = None
         self.loop_file: str | None = None
+        self.loops_built: dict[str, int] = {}
         self.restarts = 0
         self.seconds = 0.0
 
@@ -196,6 +197,8 @@ class ModuleRun:
             self.abort = event["error"]
             return None, True
         elif kind == "done":
+            for key, n in event.get("loops", {}).items():
+                self.loops_built[key] = self.loops_built.get(key, 0) + n
             self._settle_unstarted()
             return None, True
         return current, False
@@ -260,7 +263,9 @@ class ModuleRun:
             else f"exit status {returncode}"
         )
         tail = self._log_since(log, offset)[-6000:]
-        error = {"type": "WorkerCrash", "message": f"worker {how}", "traceback": tail}
+        where = _innermost_frame(tail[tail.rfind("Fatal Python error") :]) if returncode < 0 else ""
+        message = f"worker {how}" + (f"; {where.replace('hung', 'crashed')}" if where else "")
+        error = {"type": "WorkerCrash", "message": message, "traceback": tail}
         if test_id is None:
             self.abort = error
             self._abort_remaining(f"worker {how} between tests")
@@ -332,6 +337,10 @@ def run_all(opts: argparse.Namespace, loops: list[str], modules: list[str]) -> d
             loop: {
                 "loop_class": next((r.loop_class for r in runs.values() if r.loop_class), None),
                 "loop_file": next((r.loop_file for r in runs.values() if r.loop_file), None),
+                "loops_built": {
+                    kind: sum(r.loops_built.get(kind, 0) for r in runs.values())
+                    for kind in ("lut", "other", "mock")
+                },
                 "modules": {
                     m: {
                         "seconds": round(r.seconds, 1),
