@@ -18,10 +18,12 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
+from ._connections import ConnectionsMixin
 from ._exception_handler import ExceptionHandlerMixin
 from ._ferroloop import LoopCore
 from ._format import check_callback
 from ._signals import SignalsMixin
+from ._sock import SockMixin
 
 # The stdlib's depth for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
@@ -36,7 +38,14 @@ def _stop_loop_when_done(future: futures.Future) -> None:
     futures._get_loop(future).stop()
 
 
-class Loop(LoopCore, SignalsMixin, ExceptionHandlerMixin, events.AbstractEventLoop):
+class Loop(
+    LoopCore,
+    ConnectionsMixin,
+    SockMixin,
+    SignalsMixin,
+    ExceptionHandlerMixin,
+    events.AbstractEventLoop,
+):
     """An asyncio event loop whose hot paths are Rust.
 
     A drop-in ``asyncio.AbstractEventLoop``: create one with ``ferroloop.new_event_loop()``

@@ -1,0 +1,5 @@
+"""The low-level socket API: loop.sock_* operations."""
+
+
+class SockMixin:
+    pass
