@@ -244,6 +244,14 @@ def print_report(data: dict, summary: dict, *, compare: str = "full") -> None:
         for reason, ids in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
             out(f"  [{len(ids)}] {reason}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}")
 
+    flaky = sorted(t for t, r in lut.items() if r.get("flaky"))
+    if flaky:
+        out(
+            f"\n== {len(flaky)} tests failed on {main}, then passed on a re-run (counted as passed)"
+        )
+        for t in flaky[:12]:
+            out(f"  {t}: first {cause({'error': lut[t]['flaky']})}")
+
     if std is not None and summary["std_bad"]:
         both = [t for t in summary["std_bad"] if lut.get(t, {}).get("outcome") in BAD]
         only = [t for t in summary["std_bad"] if t not in both]

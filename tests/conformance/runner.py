@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,11 +55,20 @@ def discover_modules() -> list[str]:
 class ModuleRun:
     """One module on one loop: a worker process, restarted after a hang or a crash."""
 
-    def __init__(self, loop: str, module: str, opts: argparse.Namespace, log_dir: Path):
+    def __init__(
+        self,
+        loop: str,
+        module: str,
+        opts: argparse.Namespace,
+        log_dir: Path,
+        only: list[str] | None = None,
+    ):
         self.loop = loop
         self.module = module
         self.opts = opts
-        self.log_path = log_dir / f"{loop.replace(':', '_')}-{module}.log"
+        self.only = only
+        suffix = "-rerun" if only else ""
+        self.log_path = log_dir / f"{loop.replace(':', '_')}-{module}{suffix}.log"
         self.tests: dict[str, dict] = {}
         self.excluded: dict[str, str] = {}
         self.fixtures: list[dict] = []
@@ -89,7 +99,7 @@ class ModuleRun:
         self.seconds = time.monotonic() - t0
         return self
 
-    def _command(self, events_fd: int, skip_file: str | None) -> list[str]:
+    def _command(self, events_fd: int, skip_file: str | None, only_file: str | None) -> list[str]:
         cmd = [
             sys.executable,
             "-m",
@@ -107,16 +117,15 @@ class ModuleRun:
             cmd += ["-k", pattern]
         if skip_file:
             cmd += ["--skip-file", skip_file]
+        if only_file:
+            cmd += ["--only-file", only_file]
         return cmd
 
     def _run_worker(self, log, deadline: float) -> bool:
         """Run one worker; True when the module finished, False when it must restart."""
-        skip_file = None
         done_ids = [t for t, record in self.tests.items() if record]
-        if done_ids:
-            fd, skip_file = tempfile.mkstemp(prefix="conformance-skip-", text=True)
-            with os.fdopen(fd, "w") as f:
-                f.write("\n".join(done_ids))
+        skip_file = _id_file(done_ids) if done_ids else None
+        only_file = _id_file(self.only) if self.only else None
         read_fd, write_fd = os.pipe()
         log_offset = log.tell()
         env = dict(os.environ)
@@ -125,7 +134,7 @@ class ModuleRun:
             [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
         proc = subprocess.Popen(
-            self._command(write_fd, skip_file),
+            self._command(write_fd, skip_file, only_file),
             pass_fds=[write_fd],
             cwd=REPO,
             env=env,
@@ -173,8 +182,9 @@ class ModuleRun:
             os.close(read_fd)
             if proc.poll() is None:
                 self._kill(proc)
-            if skip_file:
-                os.unlink(skip_file)
+            for path in (skip_file, only_file):
+                if path:
+                    os.unlink(path)
 
     def _handle(self, event: dict, current: str | None) -> tuple[str | None, bool]:
         kind = event["ev"]
@@ -281,6 +291,13 @@ class ModuleRun:
         proc.wait()
 
 
+def _id_file(ids: list[str]) -> str:
+    fd, path = tempfile.mkstemp(prefix="conformance-ids-", text=True)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(ids))
+    return path
+
+
 def _last_faulthandler_dump(text: str) -> str:
     start = text.rfind("Timeout (")
     return text[start:] if start >= 0 else text[-3000:]
@@ -359,6 +376,45 @@ def run_all(opts: argparse.Namespace, loops: list[str], modules: list[str]) -> d
     }
 
 
+# Failures that a second run would only repeat, at a cost (Timeout) or for certain.
+_DETERMINISTIC = frozenset({"NotImplementedError", "Timeout", "WorkerCrash", "NotRun"})
+
+
+def rerun_failures(data: dict, opts: argparse.Namespace) -> None:
+    """Run each failed test once more, alone in its module's worker, to tell flaky ones.
+
+    A test that passes the second time counts as passed and is listed as flaky, with its
+    first error kept (like regrtest's re-run).
+    """
+    log_dir = Path(data["log_dir"])
+    jobs = []
+    for loop, d in data["loops"].items():
+        failed = defaultdict(list)
+        for test_id, record in d["tests"].items():
+            error = record.get("error") or {}
+            if record.get("outcome") in ("fail", "error") and error.get("type") not in (
+                _DETERMINISTIC
+            ):
+                failed[test_id.split(".")[0]].append(test_id)
+        jobs += [(loop, module, ids) for module, ids in failed.items()]
+    if not jobs:
+        return
+
+    def one(job):
+        loop, module, ids = job
+        return loop, ModuleRun(loop, module, opts, log_dir, only=ids).run()
+
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        for loop, run in pool.map(one, jobs):
+            tests = data["loops"][loop]["tests"]
+            for test_id, again in run.tests.items():
+                first = tests[test_id]
+                if again.get("outcome") in ("pass", "skip"):
+                    tests[test_id] = {**again, "flaky": first.get("error")}
+                else:
+                    first["rerun"] = again.get("outcome")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.conformance",
@@ -414,6 +470,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="full",
         help="how much of the stdlib-passes-ferroloop-fails list to print",
     )
+    parser.add_argument(
+        "--no-rerun",
+        dest="rerun",
+        action="store_false",
+        help="do not run failed tests a second time to tell flaky ones",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-module lines")
     return parser.parse_args(argv)
 
@@ -438,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         modules = [m for m in modules if m in opts.modules]
     data = run_all(opts, loops, modules)
+    if opts.rerun:
+        rerun_failures(data, opts)
     if baseline and "asyncio" in baseline.get("loops", {}):
         data["loops"]["asyncio"] = baseline["loops"]["asyncio"]
         data["baseline"] = opts.baseline

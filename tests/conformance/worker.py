@@ -199,12 +199,18 @@ def select(tests, patterns: list[str], skip: set[str]) -> tuple[list, dict[str, 
     return selected, excluded
 
 
+def _read_ids(path: str) -> set[str]:
+    with open(path) as f:
+        return {line.strip() for line in f if line.strip()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--loop", required=True)
     parser.add_argument("--module", required=True)
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--skip-file", help="file of test ids (one a line) not to run")
+    parser.add_argument("--only-file", help="file of the only test ids (one a line) to run")
     parser.add_argument("-k", dest="patterns", action="append", default=[])
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -214,10 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     def emit(event):
         events.write(json.dumps(event) + "\n")
 
-    skip = set()
-    if args.skip_file:
-        with open(args.skip_file) as f:
-            skip = {line.strip() for line in f if line.strip()}
+    skip = _read_ids(args.skip_file) if args.skip_file else set()
+    only = _read_ids(args.only_file) if args.only_file else None
 
     faulthandler.enable()
     from . import adapters, loops
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         emit({"ev": "abort", "error": describe(sys.exc_info())})
         return 2
 
+    if only is not None:
+        tests = [t for t in tests if short_id(t.id()) in only]
     selected, excluded = select(tests, args.patterns, skip)
     emit(
         {
