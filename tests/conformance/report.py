@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 
+from .exclusions import KNOWN_DIFFERENCES
+
 BAD = ("fail", "error")
 _TRANSPORT_MODULES = frozenset(
     {
@@ -54,11 +56,10 @@ def area(test_id: str, record: dict | None = None) -> str:
     module, _, rest = test_id.partition(".")
     name = rest.lower()
     error = (record or {}).get("error") or {}
-    if (
-        module in _TRANSPORT_MODULES
-        or _TRANSPORT_WORDS.search(name)
-        or error.get("type") == "NotImplementedError"
-    ):
+    not_built = error.get("type") == "NotImplementedError" and _TRANSPORT_WORDS.search(
+        error.get("where", "")
+    )
+    if module in _TRANSPORT_MODULES or _TRANSPORT_WORDS.search(name) or not_built:
         return "transports (not built yet)"
     for label, pattern in _AREAS:
         if pattern.search(name):
@@ -76,8 +77,11 @@ def _normalize(text: str) -> str:
     return text[:160]
 
 
-def cause(record: dict) -> str:
+def cause(record: dict, test_id: str | None = None) -> str:
     """A failure's group key: exception type and the first line of its message."""
+    known = KNOWN_DIFFERENCES.get(test_id or "")
+    if known:
+        return f"known difference (docs/compatibility.md: {known})"
     error = record.get("error") or {}
     kind = error.get("type", "?")
     message = _normalize(error.get("message", ""))
@@ -216,7 +220,7 @@ def print_report(data: dict, summary: dict, *, compare: str = "full") -> None:
         out(f"\n== {len(regressions)} tests {title}, by cause")
         by_cause = defaultdict(list)
         for t in regressions:
-            by_cause[cause(lut[t])].append(t)
+            by_cause[cause(lut[t], t)].append(t)
         limit = 8 if compare == "full" else 3
         for key, ids in sorted(by_cause.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             out(f"\n  [{len(ids)}] {key}")
