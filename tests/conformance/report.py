@@ -105,6 +105,16 @@ def _counts(tests: dict[str, dict], ids) -> Counter:
     return c
 
 
+_NOT_RUN = {
+    "outcome": "not run",
+    "error": {"type": "NotRun", "message": "its module did not run on the loop under test"},
+}
+
+
+def _outcome(tests: dict[str, dict], test_id: str) -> str:
+    return tests[test_id]["outcome"] if test_id in tests else "not run"
+
+
 def summarize(data: dict) -> dict:
     loops = data["loops"]
     main = "ferroloop" if "ferroloop" in loops else next(iter(loops))
@@ -112,20 +122,34 @@ def summarize(data: dict) -> dict:
     std = loops["asyncio"]["tests"] if "asyncio" in loops and main != "asyncio" else None
     scored = _scored_ids(lut)
     independent = set(lut) - scored
-    std_bad = {t for t in scored if std is not None and std.get(t, {}).get("outcome") in BAD}
+    if std is not None:
+        # A test that ran on the stdlib loop only (its module did not run on the loop under
+        # test) still counts, as an error.
+        excluded = loops[main]["excluded"]
+        scored |= {t for t in _scored_ids(std) if t not in lut and t not in excluded}
+    bad_here = {t for t in scored if _outcome(lut, t) in (*BAD, "not run")}
+    std_bad = {t for t in scored if std is not None and _outcome(std, t) in BAD}
     counted = scored - std_bad
     c = _counts(lut, counted)
+    aborted = [
+        (loop, m, info["abort"])
+        for loop, d in loops.items()
+        for m, info in d["modules"].items()
+        if info.get("abort")
+    ]
     score = {
         "python": data["python"],
         "loop": main,
         "date": data["date"],
         "passed": c["pass"],
         "failed": c["fail"],
-        "errors": c["error"],
+        "errors": c["error"] + c["not run"],
+        "not_run": c["not run"],
         "skipped": c["skip"],
         "total": len(counted),
         "loop_independent": len(independent),
         "excluded": len(loops[main]["excluded"]),
+        "modules_not_run": sorted({m for loop, m, _ in aborted if loop == main}),
     }
     if std is not None:
         s = _counts(std, counted)
@@ -133,29 +157,17 @@ def summarize(data: dict) -> dict:
             "passed": s["pass"],
             "skipped": s["skip"],
             "not_run": s["not run"],
-            "failing_on_stdlib_too": len(std_bad & {t for t in scored if lut[t]["outcome"] in BAD}),
-            "failing_on_stdlib_only": len(
-                std_bad - {t for t in scored if lut[t]["outcome"] in BAD}
-            ),
+            "failing_on_stdlib_too": len(std_bad & bad_here),
+            "failing_on_stdlib_only": len(std_bad - bad_here),
         }
     regressions = sorted(
-        t
-        for t in counted
-        if lut[t]["outcome"] in BAD and (std is None or std.get(t, {}).get("outcome") == "pass")
+        t for t in counted if t in bad_here and (std is None or _outcome(std, t) == "pass")
     )
     skipped_only_here = sorted(
         t
         for t in counted
-        if lut[t]["outcome"] == "skip"
-        and std is not None
-        and std.get(t, {}).get("outcome") == "pass"
+        if _outcome(lut, t) == "skip" and std is not None and _outcome(std, t) == "pass"
     )
-    aborted = [
-        (loop, m, info["abort"])
-        for loop, d in loops.items()
-        for m, info in d["modules"].items()
-        if info.get("abort")
-    ]
     return {
         "main": main,
         "score": score,
@@ -163,7 +175,7 @@ def summarize(data: dict) -> dict:
         "skipped_only_here": skipped_only_here,
         "std_bad": sorted(std_bad),
         "aborted": aborted,
-        "ok": not regressions and not aborted and c["fail"] + c["error"] == 0,
+        "ok": not regressions and not aborted and score["failed"] + score["errors"] == 0,
     }
 
 
@@ -184,7 +196,8 @@ def module_line(run, index: int, total: int) -> str:
 def _score_line(score: dict) -> str:
     py = ".".join(score["python"].split(".")[:2])
     line = (
-        f"conformance {py}: {score['passed']} passed, {score['failed']} failed, "
+        ("INCOMPLETE: " if score["modules_not_run"] else "")
+        + f"conformance {py}: {score['passed']} passed, {score['failed']} failed, "
         f"{score['errors']} errors, {score['skipped']} skipped of {score['total']}"
     )
     std = score.get("stdlib")
@@ -199,6 +212,8 @@ def _score_line(score: dict) -> str:
         line += " (stdlib: not run)"
     if score["loop"] != "ferroloop":
         line += f" [loop under test: {score['loop']}]"
+    if score["modules_not_run"]:
+        line += f" [{len(score['modules_not_run'])} modules did not run; see above]"
     return line
 
 
@@ -220,7 +235,7 @@ def print_report(data: dict, summary: dict, *, compare: str = "full") -> None:
         out(f"\n== {len(regressions)} tests {title}, by cause")
         by_cause = defaultdict(list)
         for t in regressions:
-            by_cause[cause(lut[t], t)].append(t)
+            by_cause[cause(lut.get(t, _NOT_RUN), t)].append(t)
         limit = 8 if compare == "full" else 3
         for key, ids in sorted(by_cause.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             out(f"\n  [{len(ids)}] {key}")
@@ -232,7 +247,7 @@ def print_report(data: dict, summary: dict, *, compare: str = "full") -> None:
         out(f"\n== the same {len(regressions)}, by module and area")
         by_module = defaultdict(Counter)
         for t in regressions:
-            by_module[t.split(".")[0]][area(t, lut[t])] += 1
+            by_module[t.split(".")[0]][area(t, lut.get(t, _NOT_RUN))] += 1
         for module, areas in sorted(by_module.items(), key=lambda kv: -sum(kv[1].values())):
             detail = ", ".join(f"{a} {n}" for a, n in areas.most_common())
             out(f"  {module:24} {sum(areas.values()):4}  ({detail})")
