@@ -1,0 +1,399 @@
+"""TCP stream transports driving asyncio.Protocol and asyncio.BufferedProtocol."""
+
+import asyncio
+import gc
+import socket
+
+import pytest
+from net_support import (
+    TIMEOUT,
+    Echo,
+    Recorder,
+    close_transport,
+    ipv6_loopback_available,
+    payload,
+    raw_tcp_pair,
+    run,
+    tcp_connection,
+)
+
+
+async def shutdown(server, *pairs):
+    for transport, protocol in pairs:
+        await close_transport(transport, protocol)
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("size", [1, 64 * 1024, 16 * 1024 * 1024], ids=["1B", "64KiB", "16MiB"])
+def test_echo(loop, size):
+    data = payload(size)
+
+    async def main():
+        server, transport, protocol, _ = await tcp_connection(loop, Echo)
+        transport.write(data)
+        received = await protocol.received(size)
+        await shutdown(server, (transport, protocol))
+        return received, protocol
+
+    received, protocol = run(loop, main())
+    assert len(received) == size
+    assert received == data
+    assert protocol.events == ["made", "data", "lost"]
+
+
+def test_echo_of_many_writes_of_every_bytes_like_type_keeps_order(loop):
+    pieces = [payload(n)[: n % 97 + 1] for n in range(1, 3000)]
+    kinds = [bytes, bytearray, memoryview]
+    expected = b"".join(pieces)
+
+    async def main():
+        server, transport, protocol, _ = await tcp_connection(loop, Echo)
+        for i, piece in enumerate(pieces[:2000]):
+            transport.write(kinds[i % 3](piece))
+        transport.write(b"")  # an empty write is a no-op, not an EOF
+        transport.writelines([bytearray(p) for p in pieces[2000:]])
+        received = await protocol.received(len(expected))
+        await shutdown(server, (transport, protocol))
+        return received
+
+    assert run(loop, main()) == expected
+
+
+class BufferedRecorder(asyncio.BufferedProtocol):
+    """Receives into a fixed buffer of `size` bytes; echoes it back if `echo` is set."""
+
+    def __init__(self, loop, size, *, echo=False):
+        self.buffer = bytearray(size)
+        self.echo = echo
+        self.data = bytearray()
+        self.hints = []
+        self.updates = 0
+        self.transport = None
+        self.eof = loop.create_future()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        self.hints.append(sizehint)
+        return memoryview(self.buffer) if self.updates % 2 else self.buffer
+
+    def buffer_updated(self, nbytes):
+        assert 0 < nbytes <= len(self.buffer)
+        self.updates += 1
+        chunk = bytes(self.buffer[:nbytes])
+        self.data += chunk
+        if self.echo:
+            self.transport.write(chunk)
+
+    def eof_received(self):
+        self.eof.set_result(None)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("bufsize", [1, 7, 65536])
+def test_buffered_protocol_on_both_ends(loop, bufsize):
+    data = payload(256 * 1024 if bufsize > 1 else 4096)
+
+    async def main():
+        server, transport, protocol, _ = await tcp_connection(
+            loop,
+            lambda: BufferedRecorder(loop, bufsize, echo=True),
+            lambda: BufferedRecorder(loop, bufsize),
+        )
+        transport.write(data)
+        transport.write_eof()
+        await protocol.eof
+        assert await protocol.lost is None
+        server.close()
+        await server.wait_closed()
+        return protocol
+
+    protocol = run(loop, main())
+    assert protocol.data == data
+    assert protocol.updates >= len(data) // bufsize
+    assert all(isinstance(hint, int) for hint in protocol.hints)
+
+
+def test_transport_identity_and_extra_info(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        port = server.sockets[0].getsockname()[1]
+        assert isinstance(transport, asyncio.Transport)
+        assert isinstance(peer.transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        assert isinstance(sock, asyncio.trsock.TransportSocket)
+        assert sock.family == socket.AF_INET
+        assert sock.type == socket.SOCK_STREAM
+        assert transport.get_extra_info("peername") == ("127.0.0.1", port)
+        assert transport.get_extra_info("sockname") == sock.getsockname()
+        assert transport.get_extra_info("sockname")[0] == "127.0.0.1"
+        assert peer.transport.get_extra_info("peername") == transport.get_extra_info("sockname")
+        assert peer.transport.get_extra_info("sockname") == ("127.0.0.1", port)
+        assert isinstance(peer.transport.get_extra_info("socket"), asyncio.trsock.TransportSocket)
+        # Both ends of a TCP transport disable Nagle, as the stdlib loop does.
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        peer_sock = peer.transport.get_extra_info("socket")
+        assert peer_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert transport.get_extra_info("no such key") is None
+        assert transport.get_extra_info("no such key", "dflt") == "dflt"
+        assert transport.get_extra_info("sslcontext") is None
+        assert transport.get_protocol() is protocol
+        assert peer.transport.get_protocol() is peer
+        assert transport.is_closing() is False
+        assert transport.is_reading() is True
+        assert transport.can_write_eof() is True
+        assert transport.get_write_buffer_size() == 0
+        await shutdown(server, (transport, protocol))
+        assert transport.is_closing() is True
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
+def test_ipv6_connection(loop):
+    async def main():
+        capture = []
+        server = await loop.create_server(
+            lambda: capture.append(Echo()) or capture[-1], "::1", 0, family=socket.AF_INET6
+        )
+        port = server.sockets[0].getsockname()[1]
+        transport, protocol = await loop.create_connection(lambda: Recorder(loop), "::1", port)
+        assert transport.get_extra_info("peername")[:2] == ("::1", port)
+        assert transport.get_extra_info("socket").family == socket.AF_INET6
+        transport.write(b"over six")
+        assert await protocol.received(8) == b"over six"
+        await shutdown(server, (transport, protocol))
+
+    run(loop, main())
+
+
+def test_set_protocol_redirects_later_data(loop):
+    async def main():
+        server, transport, first, peer = await tcp_connection(loop)
+        peer.transport.write(b"one")
+        assert await first.received(3) == b"one"
+        second = Recorder(loop)
+        transport.set_protocol(second)
+        assert transport.get_protocol() is second
+        peer.transport.write(b"two")
+        assert await second.received(3) == b"two"
+        transport.close()
+        assert await second.lost is None
+        assert first.data == b"one"
+        assert first.events == ["made", "data"]
+        assert second.events == ["data", "lost"]  # set_protocol does not call connection_made
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_write_rejects_non_bytes(loop):
+    async def main():
+        server, transport, protocol, _ = await tcp_connection(loop)
+        for bad in ["text", 42, None, [b"x"]]:
+            with pytest.raises(TypeError) as info:
+                transport.write(bad)
+            assert str(info.value) == (
+                f"data argument must be a bytes-like object, not {type(bad).__name__!r}"
+            )
+        await shutdown(server, (transport, protocol))
+
+    run(loop, main())
+
+
+def test_close_flushes_pending_data_then_reports_connection_lost_none(loop):
+    data = payload(8 * 1024 * 1024)
+
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        transport.write(data)
+        transport.close()
+        assert transport.is_closing()
+        assert transport.is_reading() is False
+        transport.close()  # a second close is a no-op
+        assert await protocol.lost is None
+        received = await peer.received(len(data) + 1)
+        await peer.eof
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return received, protocol
+
+    received, protocol = run(loop, main())
+    assert received == data
+    assert protocol.events == ["made", "lost"]
+
+
+def test_write_after_close_is_dropped_silently(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        transport.close()
+        transport.write(b"too late")
+        assert await protocol.lost is None
+        await peer.eof
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return peer
+
+    peer = run(loop, main())
+    assert peer.data == b""
+    assert peer.events == ["made", "eof", "lost"]
+
+
+def test_abort_discards_pending_data_and_reports_connection_lost_none(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        peer.transport.pause_reading()
+        transport.write(payload(32 * 1024 * 1024))
+        assert transport.get_write_buffer_size() > 0
+        transport.abort()
+        assert transport.is_closing()
+        assert await protocol.lost is None
+        transport.abort()  # aborting again is harmless
+        peer.transport.resume_reading()
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return protocol, peer
+
+    protocol, peer = run(loop, main())
+    assert protocol.events == ["made", "lost"]
+    assert len(peer.data) < 32 * 1024 * 1024
+    assert peer.events[-1] == "lost"
+
+
+def test_close_with_data_arriving_delivers_nothing_after_connection_lost(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        peer.transport.write(payload(1024 * 1024))
+        transport.close()
+        await protocol.lost
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return protocol
+
+    protocol = run(loop, main())
+    assert protocol.events[-1] == "lost"
+    assert protocol.events.count("lost") == 1
+
+
+def test_half_close_client_to_server_then_server_to_client(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(
+            loop, lambda: Recorder(loop, eof_result=True), lambda: Recorder(loop, eof_result=True)
+        )
+        transport.write(b"request")
+        transport.write_eof()
+        assert transport.is_closing() is False
+        transport.write_eof()  # repeated write_eof is a no-op
+        with pytest.raises(RuntimeError, match=r"^Cannot call write\(\) after write_eof\(\)$"):
+            transport.write(b"more")
+        await peer.eof
+        assert bytes(peer.data) == b"request"
+        # The server can still answer on its half of the connection.
+        peer.transport.write(b"response ")
+        peer.transport.write(b"after eof")
+        peer.transport.write_eof()
+        await protocol.eof
+        assert bytes(protocol.data) == b"response after eof"
+        assert not protocol.lost.done()
+        assert not peer.lost.done()
+        transport.close()
+        peer.transport.close()
+        assert await protocol.lost is None
+        assert await peer.lost is None
+        server.close()
+        await server.wait_closed()
+        return protocol, peer
+
+    protocol, peer = run(loop, main())
+    assert protocol.events == ["made", "data", "eof", "lost"]
+    assert peer.events == ["made", "data", "eof", "lost"]
+
+
+def test_half_close_server_to_client_then_client_answers(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(
+            loop, lambda: Recorder(loop, eof_result=True), lambda: Recorder(loop, eof_result=True)
+        )
+        peer.transport.write(b"banner")
+        peer.transport.write_eof()
+        await protocol.eof
+        assert bytes(protocol.data) == b"banner"
+        transport.write(b"reply")
+        transport.write_eof()
+        await peer.eof
+        assert bytes(peer.data) == b"reply"
+        transport.close()
+        peer.transport.close()
+        await protocol.lost
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_write_eof_flushes_buffered_data_first(loop):
+    data = payload(8 * 1024 * 1024)
+
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(
+            loop, lambda: Recorder(loop, eof_result=True)
+        )
+        transport.write(data)
+        transport.write_eof()
+        await peer.eof
+        received = bytes(peer.data)
+        peer.transport.write(b"ack")
+        assert await protocol.received(3) == b"ack"
+        await shutdown(server, (transport, protocol), (peer.transport, peer))
+        return received
+
+    assert run(loop, main()) == data
+
+
+def test_eof_received_returning_false_closes_the_transport(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        transport.write(b"last words")
+        transport.write_eof()
+        assert await peer.lost is None
+        await protocol.eof
+        assert await protocol.lost is None
+        server.close()
+        await server.wait_closed()
+        return protocol, peer
+
+    protocol, peer = run(loop, main())
+    assert peer.events == ["made", "data", "eof", "lost"]
+    assert protocol.events == ["made", "eof", "lost"]
+
+
+def test_unclosed_transport_warns_when_collected(loop):
+    client, server_end = raw_tcp_pair()
+
+    async def main(sock):
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+        transport.pause_reading()  # nothing in the loop references it any more
+
+    run(loop, main(client))
+    del client
+    with pytest.warns(ResourceWarning, match="unclosed transport"):
+        for _ in range(3):
+            gc.collect()
+    # The collected transport closed its socket: the peer sees EOF.
+    server_end.settimeout(TIMEOUT)
+    assert server_end.recv(10) == b""
+    server_end.close()
