@@ -32,17 +32,18 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use crate::clock;
 use crate::errors::os_error;
 use crate::handle::{closed_loop_error, lock, Handle, TimerHandle, TimerState};
-use crate::poller::{FdWatchers, Poller, Side, WAKER_TOKEN};
+use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
 use crate::timers::TimerHeap;
+use crate::transport::stream::StreamCore;
 
 /// The longest single poll, as in the stdlib (one day): keeps far deadlines from
 /// overflowing the poll timeout.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
 
 struct State {
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<Ready>,
     /// The previous iteration's emptied batch, reused so steady state allocates nothing.
-    spare: VecDeque<Py<Handle>>,
+    spare: VecDeque<Ready>,
     timers: TimerHeap<Py<Handle>>,
     watchers: FdWatchers,
     /// Fds whose watchers were woken this iteration; re-armed after their callbacks ran.
@@ -167,7 +168,9 @@ impl LoopCore {
     }
 
     fn push_ready(&self, py: Python<'_>, handle: &Py<Handle>) {
-        lock(&self.state).ready.push_back(handle.clone_ref(py));
+        lock(&self.state)
+            .ready
+            .push_back(Ready::Callback(handle.clone_ref(py)));
     }
 
     fn schedule_timer(
@@ -198,6 +201,77 @@ impl LoopCore {
         Ok(timer)
     }
 
+    /// Registers a stream transport's fd for its whole life.
+    pub fn register_stream(&self, py: Python<'_>, core: Py<StreamCore>) -> PyResult<()> {
+        let fd = core.get().fd();
+        let outcome = {
+            let mut state = lock(&self.state);
+            let State {
+                watchers, registry, ..
+            } = &mut *state;
+            match registry {
+                Some(registry) => watchers.add_stream(registry, fd, core),
+                None => return Err(closed_loop_error()),
+            }
+        };
+        match outcome {
+            Ok(replaced) => {
+                for handle in replaced {
+                    Handle::cancel(handle.bind(py))?;
+                }
+                Ok(())
+            }
+            Err(err) => Err(os_error(py, err)),
+        }
+    }
+
+    /// Forgets a stream transport's fd (the transport closes its socket next).
+    pub fn deregister_stream(&self, _py: Python<'_>, fd: RawFd) {
+        let removed = {
+            let mut state = lock(&self.state);
+            let State {
+                watchers, registry, ..
+            } = &mut *state;
+            registry
+                .as_ref()
+                .and_then(|registry| watchers.remove_stream(registry, fd))
+        };
+        drop(removed);
+    }
+
+    /// Queues a transport's readiness to be handled in the next batch.
+    pub fn queue_stream(
+        &self,
+        _py: Python<'_>,
+        core: Py<StreamCore>,
+        readable: bool,
+        writable: bool,
+    ) {
+        lock(&self.state).ready.push_back(Ready::Stream {
+            core,
+            readable,
+            writable,
+            read_closed: false,
+        });
+    }
+
+    /// The stdlib's `_ensure_fd_no_transport`: a transport's fd is not for watchers.
+    fn ensure_fd_no_transport(&self, fileobj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+        let py = fileobj.py();
+        let core = lock(&self.state).watchers.stream(py, fd);
+        if let Some(core) = core {
+            if !core.get().is_closing_now() {
+                let transport = core.bind(py).call_method0("_transport_repr")?;
+                return Err(PyRuntimeError::new_err(format!(
+                    "File descriptor {} is used by transport {}",
+                    fileobj.repr()?,
+                    transport
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds or replaces the reader/writer of `fileobj`.
     fn add_watcher(
         &self,
@@ -208,6 +282,7 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = fileobj.py();
         let fd = fileobj_to_fd(fileobj)?;
+        self.ensure_fd_no_transport(fileobj, fd)?;
         self.check_closed()?;
         let handle = self.make_handle(py, callback, args, None, false)?;
         let outcome = {
@@ -236,6 +311,7 @@ impl LoopCore {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fileobj)?;
+        self.ensure_fd_no_transport(fileobj, fd)?;
         let removed = {
             let mut state = lock(&self.state);
             let State {
@@ -305,7 +381,6 @@ impl LoopCore {
             }
             Err(err) => return Err(os_error(py, err)),
         }
-        let mut woken = Vec::new();
         {
             let mut state = lock(&self.state);
             let State {
@@ -318,10 +393,9 @@ impl LoopCore {
                 if event.token() == WAKER_TOKEN {
                     continue;
                 }
-                if watchers.ready(py, event, &mut woken) {
+                if watchers.ready(py, event, ready) {
                     rearm.push(event.token().0 as RawFd);
                 }
-                ready.extend(woken.drain(..));
             }
         }
         drop(poller_slot);
@@ -332,7 +406,7 @@ impl LoopCore {
     }
 
     /// Moves due timers to the ready queue and takes the batch this iteration runs.
-    fn take_batch(&self, garbage: &mut Vec<Py<Handle>>) -> VecDeque<Py<Handle>> {
+    fn take_batch(&self, garbage: &mut Vec<Py<Handle>>) -> VecDeque<Ready> {
         let now = clock::monotonic();
         let mut state = lock(&self.state);
         while let Some(timer) = state.timers.pop_due(now) {
@@ -340,7 +414,7 @@ impl LoopCore {
             if timer.get().is_cancelled() {
                 garbage.push(timer);
             } else {
-                state.ready.push_back(timer);
+                state.ready.push_back(Ready::Callback(timer));
             }
         }
         let mut batch = std::mem::take(&mut state.spare);
@@ -349,7 +423,7 @@ impl LoopCore {
     }
 
     /// Runs one batch; on an exception that must propagate, puts the rest back in front.
-    fn run_batch(&self, slf: &Bound<'_, Self>, batch: &mut VecDeque<Py<Handle>>) -> PyResult<()> {
+    fn run_batch(&self, slf: &Bound<'_, Self>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
         let py = slf.py();
         let debug = self.debug.load(Ordering::Relaxed);
         let slow_callback_duration = if debug {
@@ -357,7 +431,28 @@ impl LoopCore {
         } else {
             f64::INFINITY
         };
-        while let Some(handle) = batch.pop_front() {
+        while let Some(entry) = batch.pop_front() {
+            let handle = match entry {
+                Ready::Callback(handle) => handle,
+                Ready::Stream {
+                    core,
+                    readable,
+                    writable,
+                    read_closed,
+                } => {
+                    // Transports report their own errors; only exit exceptions come out.
+                    let outcome =
+                        StreamCore::on_ready(core.bind(py), readable, writable, read_closed);
+                    if let Err(err) = outcome {
+                        let mut state = lock(&self.state);
+                        while let Some(rest) = batch.pop_back() {
+                            state.ready.push_front(rest);
+                        }
+                        return Err(err);
+                    }
+                    continue;
+                }
+            };
             let h = handle.get();
             if h.is_cancelled() {
                 continue;
@@ -392,7 +487,7 @@ impl LoopCore {
         Ok(())
     }
 
-    fn rearm_and_recycle(&self, batch: VecDeque<Py<Handle>>) {
+    fn rearm_and_recycle(&self, batch: VecDeque<Ready>) {
         let mut state = lock(&self.state);
         let State {
             watchers,
@@ -503,7 +598,7 @@ impl LoopCore {
         let handle = self.make_handle(py, callback, args, context, debug)?;
         let waker = {
             let mut state = lock(&self.state);
-            state.ready.push_back(handle.clone_ref(py));
+            state.ready.push_back(Ready::Callback(handle.clone_ref(py)));
             if self.sleeping.swap(false, Ordering::SeqCst) {
                 state.waker.clone()
             } else {
@@ -692,7 +787,7 @@ impl LoopCore {
             let timers = state.timers.drain_all();
             let watched = match state.registry.take() {
                 Some(registry) => state.watchers.clear(&registry),
-                None => Vec::new(),
+                None => (Vec::new(), Vec::new()),
             };
             state.waker = None;
             (ready, spare, timers, watched)

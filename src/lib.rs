@@ -6,6 +6,7 @@ mod event_loop;
 mod handle;
 mod poller;
 mod timers;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -14,5 +15,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    m.add_class::<transport::stream::StreamCore>()?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! `reregister`: epoll then reports it again if it is still ready, and never reports it
 //! spuriously before the callback has had its chance to drain it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,21 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pyo3::prelude::*;
 
 use crate::handle::Handle;
+use crate::transport::stream::StreamCore;
+
+/// An entry of the loop's ready queue.
+pub enum Ready {
+    /// A scheduled callback.
+    Callback(Py<Handle>),
+    /// A stream transport whose fd is ready (or that asked to read again).
+    Stream {
+        core: Py<StreamCore>,
+        readable: bool,
+        writable: bool,
+        /// The peer closed its side (or the socket failed): read on until EOF.
+        read_closed: bool,
+    },
+}
 
 /// The token of the loop's waker (`call_soon_threadsafe`); fds use their number.
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -79,10 +94,12 @@ pub enum Side {
     Write,
 }
 
-/// The fd → watcher table, kept in step with the registrations in epoll.
+/// The fd → watcher table, kept in step with the registrations in epoll: Python
+/// callbacks (`add_reader`/`add_writer`) or a stream transport, never both on one fd.
 #[derive(Default)]
 pub struct FdWatchers {
     watches: HashMap<RawFd, FdWatch>,
+    streams: HashMap<RawFd, Py<StreamCore>>,
 }
 
 impl FdWatchers {
@@ -156,23 +173,64 @@ impl FdWatchers {
         removed
     }
 
-    /// The watchers an event wakes (an error or hang-up wakes both sides, as the
-    /// selectors module does).
-    pub fn ready(&self, py: Python<'_>, event: &Event, out: &mut Vec<Py<Handle>>) -> bool {
-        let Some(watch) = self.watches.get(&(event.token().0 as RawFd)) else {
-            return false;
-        };
+    /// Queues what an event wakes (an error or hang-up wakes both sides, as the
+    /// selectors module does). Returns whether the fd has Python watchers to re-arm.
+    pub fn ready(&self, py: Python<'_>, event: &Event, out: &mut VecDeque<Ready>) -> bool {
+        let fd = event.token().0 as RawFd;
         let failed = event.is_error();
         let readable = event.is_readable() || event.is_read_closed() || failed;
         let writable = event.is_writable() || event.is_write_closed() || failed;
+        let Some(watch) = self.watches.get(&fd) else {
+            if let Some(core) = self.streams.get(&fd) {
+                out.push_back(Ready::Stream {
+                    core: core.clone_ref(py),
+                    readable,
+                    writable,
+                    read_closed: event.is_read_closed() || failed,
+                });
+            }
+            return false;
+        };
         for (wanted, slot) in [(readable, &watch.reader), (writable, &watch.writer)] {
             if let Some(handle) = slot.as_ref().filter(|_| wanted) {
                 if !handle.get().is_cancelled() {
-                    out.push(handle.clone_ref(py));
+                    out.push_back(Ready::Callback(handle.clone_ref(py)));
                 }
             }
         }
         true
+    }
+
+    /// The stream transport owning `fd`, if any.
+    pub fn stream(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamCore>> {
+        self.streams.get(&fd).map(|core| core.clone_ref(py))
+    }
+
+    /// Registers a stream transport's fd, edge-triggered both ways, for its whole life.
+    /// Python watchers left on the fd are replaced; their handles are returned.
+    pub fn add_stream(
+        &mut self,
+        registry: &Registry,
+        fd: RawFd,
+        core: Py<StreamCore>,
+    ) -> std::io::Result<Vec<Py<Handle>>> {
+        let mut replaced = Vec::new();
+        if let Some(watch) = self.watches.remove(&fd) {
+            let _ = registry.deregister(&mut SourceFd(&fd));
+            replaced.extend(watch.reader);
+            replaced.extend(watch.writer);
+        }
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        registry.register(&mut SourceFd(&fd), Token(fd as usize), interest)?;
+        self.streams.insert(fd, core);
+        Ok(replaced)
+    }
+
+    /// Forgets a stream transport's fd (before its socket is closed).
+    pub fn remove_stream(&mut self, registry: &Registry, fd: RawFd) -> Option<Py<StreamCore>> {
+        let core = self.streams.remove(&fd)?;
+        let _ = registry.deregister(&mut SourceFd(&fd));
+        Some(core)
     }
 
     /// Re-arms an fd after its callbacks ran, so a still-ready fd is reported again.
@@ -182,14 +240,20 @@ impl FdWatchers {
         }
     }
 
-    /// Forgets every watcher, deregistering the fds; returns the handles for dropping.
-    pub fn clear(&mut self, registry: &Registry) -> Vec<Py<Handle>> {
+    /// Forgets every watcher and transport, deregistering the fds; returns what it
+    /// held, for dropping outside the caller's lock.
+    pub fn clear(&mut self, registry: &Registry) -> (Vec<Py<Handle>>, Vec<Py<StreamCore>>) {
         let mut handles = Vec::new();
         for (fd, watch) in self.watches.drain() {
             let _ = registry.deregister(&mut SourceFd(&fd));
             handles.extend(watch.reader);
             handles.extend(watch.writer);
         }
-        handles
+        let mut streams = Vec::new();
+        for (fd, core) in self.streams.drain() {
+            let _ = registry.deregister(&mut SourceFd(&fd));
+            streams.push(core);
+        }
+        (handles, streams)
     }
 }

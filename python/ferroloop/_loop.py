@@ -24,6 +24,7 @@ from ._ferroloop import LoopCore
 from ._format import check_callback
 from ._signals import SignalsMixin
 from ._sock import SockMixin
+from ._transport import SocketTransport
 
 # The stdlib's depth for coroutine origin tracking in debug mode.
 _DEBUG_STACK_DEPTH = 10
@@ -66,6 +67,8 @@ class Loop(
         self._coroutine_origin_tracking_saved_depth: int | None = None
         self._signal_handlers = {}
         self._saved_wakeup_fd: int | None = None
+        # fd → transport, as on the stdlib loop (sock_* and watchers check it).
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._set_debug_flag(coroutines._is_debug_mode())
 
     def __repr__(self) -> str:
@@ -188,6 +191,14 @@ class Loop(
 
     def _timer_handle_cancelled(self, handle: Any) -> None:
         """Called by stdlib ``TimerHandle``s bound to this loop; ours count themselves."""
+
+    # ---- transports -----------------------------------------------------------------
+
+    def _make_socket_transport(
+        self, sock: Any, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
+    ) -> SocketTransport:
+        """A transport over a connected non-blocking socket (see ``SocketTransport``)."""
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     # ---- futures and tasks ----------------------------------------------------------
 

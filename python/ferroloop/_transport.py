@@ -1,0 +1,176 @@
+"""``SocketTransport``: the ``asyncio.Transport`` of TCP and Unix stream connections.
+
+The work per packet is in the Rust ``StreamCore``; this class gives it the identity
+libraries check (``isinstance(t, asyncio.Transport)``), the extra info and the reports.
+Each instance binds the core's methods as its own attributes, so ``transport.write(data)``
+goes straight to Rust with no Python frame in between.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from asyncio import futures, transports, trsock
+from asyncio.log import logger
+from typing import Any
+
+from ._ferroloop import StreamCore
+
+# The core methods each transport exposes directly.
+_CORE_METHODS = (
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "close",
+    "abort",
+    "is_closing",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "set_write_buffer_limits",
+    "get_write_buffer_limits",
+    "get_write_buffer_size",
+    "get_protocol",
+    "set_protocol",
+)
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    # Small writes go out at once, as on the stdlib loop (which sets it on every TCP socket).
+    if (
+        sock.family in (socket.AF_INET, socket.AF_INET6)
+        and sock.type == socket.SOCK_STREAM
+        and sock.proto == socket.IPPROTO_TCP
+    ):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SocketTransport(transports.Transport):
+    """A stream transport over a connected, non-blocking TCP or Unix socket."""
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: futures.Future | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        super().__init__(extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        _set_nodelay(sock)
+        self._loop = loop
+        self._sock_fd = sock.fileno()
+        core = StreamCore(loop, sock, protocol, self, server)
+        self._core = core
+        for name in _CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        core._register()
+        if server is not None:
+            server._attach(self)
+        loop._transports[self._sock_fd] = self
+        # As on the stdlib loop: connection_made first, reading right after, then the
+        # waiter, each a callback of its own.
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # The methods below are the class-level spellings of what __init__ binds per instance.
+
+    def write(self, data: Any) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._core.can_write_eof()
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol)
+
+    def __repr__(self) -> str:
+        fd, closed, closing, reading, queued = self._core._describe()
+        info = [type(self).__name__]
+        if closed:
+            info.append("closed")
+        elif closing:
+            info.append("closing")
+        info.append(f"fd={fd}")
+        if not closed:
+            info.append(f"read={'polling' if reading else 'idle'}")
+            info.append(f"write=<{'polling' if queued else 'idle'}, bufsize={queued}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None and not core._describe()[1]:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock = self._extra.get("socket")
+            if sock is not None:
+                sock._sock.close()
+
+    # Called by the core.
+
+    def _report_fatal_error(self, exc: BaseException, message: str) -> None:
+        if isinstance(exc, OSError):
+            # Connection errors are the peer's doing, not a bug: debug log only.
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+            return
+        self._report_error(message, exc)
+
+    def _report_error(self, message: str, exc: BaseException) -> None:
+        self._loop.call_exception_handler(
+            {
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self.get_protocol(),
+            }
+        )

@@ -1,0 +1,975 @@
+//! `StreamCore`: the Rust half of a TCP or Unix stream transport.
+//!
+//! `ferroloop._transport.SocketTransport` (an `asyncio.Transport`) holds one and binds its
+//! methods as its own, so `transport.write(data)` is a direct call into Rust.
+//!
+//! Reads: one `recv` per readiness edge into the thread's read buffer, handed to
+//! `data_received` as one `bytes` (or `recv` straight into `get_buffer()` for a
+//! `BufferedProtocol`). A read that fills the buffer queues another read for the next
+//! iteration, since an edge-triggered poller reports no new edge for data already there.
+//!
+//! Writes never block and never lose bytes: with nothing queued, `write` sends at once;
+//! what the socket does not take is copied into the queue and flushed with one `sendmsg`
+//! per writable edge. `pause_writing`/`resume_writing` fire at the high/low water marks.
+//!
+//! # Implementation notes
+//! The fd is registered once, edge-triggered, for both directions; pausing reading only
+//! stops acting on readable edges (noting that one came). State is behind a mutex that is
+//! never held while Python code runs (protocol callbacks call back into the transport).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::os_error;
+use crate::event_loop::LoopCore;
+use crate::handle::lock;
+
+/// How much one read takes at most (the stdlib's `max_size`).
+const READ_CHUNK: usize = 256 * 1024;
+/// The stdlib's default high-water mark; the low one is a quarter of it.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// After this many writes to a lost connection, each further one logs a warning.
+const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
+/// At most this many queued chunks go into one `sendmsg`.
+const MAX_IOVECS: usize = 64;
+
+thread_local! {
+    /// One read buffer per loop thread, shared by all its transports.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// The protocol and the methods the hot paths call, looked up once per `set_protocol`.
+struct ProtocolCalls {
+    protocol: Py<PyAny>,
+    receive: Receive,
+}
+
+enum Receive {
+    /// `asyncio.Protocol`: `data_received(bytes)`.
+    Data(Py<PyAny>),
+    /// `asyncio.BufferedProtocol`: `get_buffer(-1)`, then `buffer_updated(n)`.
+    Buffered {
+        get_buffer: Py<PyAny>,
+        buffer_updated: Py<PyAny>,
+    },
+}
+
+struct StreamState {
+    loop_: Option<Py<LoopCore>>,
+    sock: Option<Py<PyAny>>,
+    /// The Python transport: what protocols and error reports are given.
+    transport: Option<Py<PyAny>>,
+    server: Option<Py<PyAny>>,
+    protocol: Option<ProtocolCalls>,
+    queue: VecDeque<Vec<u8>>,
+    /// Bytes of the front chunk already sent.
+    front_sent: usize,
+    queued: usize,
+    high_water: usize,
+    low_water: usize,
+    protocol_paused: bool,
+    reading_started: bool,
+    reading_paused: bool,
+    /// A readable edge (or a full read) came while we could not act on it.
+    read_pending: bool,
+    /// The poller said the peer closed its side: an edge-triggered poller will not say
+    /// it again, so reads go on until they see EOF (or EAGAIN).
+    peer_closed: bool,
+    closing: bool,
+    eof_requested: bool,
+    conn_lost: u32,
+}
+
+/// The Rust half of a stream transport (see the module docs).
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct StreamCore {
+    fd: RawFd,
+    state: Mutex<StreamState>,
+}
+
+/// What `write` did with the data.
+enum Written {
+    AfterEof,
+    Nothing,
+    /// Dropped: the connection is lost (the count of such writes so far).
+    ToLostConnection(u32),
+    Sent,
+    Failed(std::io::Error),
+}
+
+/// What `recv` gave.
+enum Received {
+    Data(usize),
+    Eof,
+    WouldBlock,
+    Failed(std::io::Error),
+}
+
+fn recv_into(fd: RawFd, buf: &mut [u8]) -> Received {
+    loop {
+        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the call.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            return Received::Data(n as usize);
+        }
+        if n == 0 {
+            return Received::Eof;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Received::WouldBlock,
+            _ => return Received::Failed(err),
+        }
+    }
+}
+
+/// Sends what it can of `chunks` (the first one from `skip`) in one `sendmsg`.
+fn send_chunks<'a>(
+    fd: RawFd,
+    chunks: impl Iterator<Item = &'a [u8]>,
+    skip: usize,
+) -> std::io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOVECS);
+    for (i, chunk) in chunks.take(MAX_IOVECS).enumerate() {
+        let chunk = if i == 0 { &chunk[skip..] } else { chunk };
+        iov.push(libc::iovec {
+            iov_base: chunk.as_ptr() as *mut libc::c_void,
+            iov_len: chunk.len(),
+        });
+    }
+    loop {
+        // SAFETY: a zeroed msghdr is valid; it points at `iov`, whose entries point into
+        // chunks that outlive the call. MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+impl StreamCore {
+    fn state(&self) -> MutexGuard<'_, StreamState> {
+        lock(&self.state)
+    }
+
+    fn protocol_calls(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<ProtocolCalls> {
+        let buffered = py.import("asyncio")?.getattr("BufferedProtocol")?;
+        let receive = if protocol.is_instance(&buffered)? {
+            Receive::Buffered {
+                get_buffer: protocol.getattr("get_buffer")?.unbind(),
+                buffer_updated: protocol.getattr("buffer_updated")?.unbind(),
+            }
+        } else {
+            Receive::Data(protocol.getattr("data_received")?.unbind())
+        };
+        Ok(ProtocolCalls {
+            protocol: protocol.clone().unbind(),
+            receive,
+        })
+    }
+
+    fn loop_of(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.state().loop_.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    /// The stdlib's `_fatal_error`: report (OSErrors only in debug mode), then force-close.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let transport = slf
+            .get()
+            .state()
+            .transport
+            .as_ref()
+            .map(|t| t.clone_ref(py));
+        if let Some(transport) = transport {
+            let exc = err.clone_ref(py).into_value(py);
+            transport.call_method1(py, "_report_fatal_error", (exc, message))?;
+        }
+        Self::force_close(slf, Some(err))
+    }
+
+    /// Closes at once, dropping unsent data; `connection_lost(exc)` runs next iteration.
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (dropped, loop_) = {
+            let mut state = this.state();
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            let dropped = std::mem::take(&mut state.queue);
+            state.queued = 0;
+            state.front_sent = 0;
+            state.closing = true;
+            state.conn_lost += 1;
+            (dropped, state.loop_.as_ref().map(|l| l.clone_ref(py)))
+        };
+        drop(dropped);
+        Self::schedule_connection_lost(slf, loop_, exc)
+    }
+
+    fn schedule_connection_lost(
+        slf: &Bound<'_, Self>,
+        loop_: Option<Py<LoopCore>>,
+        exc: Option<PyErr>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(loop_) = loop_ {
+            let exc = exc.map(|e| e.into_value(py).into_any());
+            let callback = slf.getattr("_call_connection_lost")?;
+            loop_.bind(py).call_method1("call_soon", (callback, exc))?;
+        }
+        Ok(())
+    }
+
+    /// Reads once and delivers the data (or EOF, or the error) to the protocol.
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let receive = {
+            let mut state = this.state();
+            if state.conn_lost > 0 || state.closing {
+                return Ok(());
+            }
+            if !state.reading_started || state.reading_paused {
+                state.read_pending = true;
+                return Ok(());
+            }
+            state.read_pending = false;
+            match state.protocol.as_ref().map(|p| &p.receive) {
+                Some(Receive::Data(data_received)) => Receive::Data(data_received.clone_ref(py)),
+                Some(Receive::Buffered {
+                    get_buffer,
+                    buffer_updated,
+                }) => Receive::Buffered {
+                    get_buffer: get_buffer.clone_ref(py),
+                    buffer_updated: buffer_updated.clone_ref(py),
+                },
+                None => return Ok(()),
+            }
+        };
+        match receive {
+            Receive::Data(data_received) => Self::read_into_bytes(slf, data_received),
+            Receive::Buffered {
+                get_buffer,
+                buffer_updated,
+            } => Self::read_into_protocol_buffer(slf, get_buffer, buffer_updated),
+        }
+    }
+
+    fn read_into_bytes(slf: &Bound<'_, Self>, data_received: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let (received, data) = READ_BUFFER.with_borrow_mut(|buf| match recv_into(fd, buf) {
+            Received::Data(n) => (Received::Data(n), Some(PyBytes::new(py, &buf[..n]))),
+            other => (other, None),
+        });
+        match received {
+            Received::Data(n) => {
+                Self::read_again_if_more(slf, n, READ_CHUNK)?;
+                if let Some(data) = data {
+                    if let Err(err) = data_received.call1(py, (data,)) {
+                        return Self::protocol_failed(
+                            slf,
+                            err,
+                            "Fatal error: protocol.data_received() call failed.",
+                        );
+                    }
+                }
+                Ok(())
+            }
+            other => Self::read_ended(slf, other),
+        }
+    }
+
+    fn read_into_protocol_buffer(
+        slf: &Bound<'_, Self>,
+        get_buffer: Py<PyAny>,
+        buffer_updated: Py<PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let target = match get_buffer.call1(py, (-1,)) {
+            Ok(target) => target,
+            Err(err) => {
+                return Self::protocol_failed(
+                    slf,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
+            }
+        };
+        let mut capacity = 0;
+        let received = match PyUntypedBuffer::get(target.bind(py)) {
+            Ok(view) if view.readonly() || !view.is_c_contiguous() => Err(PyTypeError::new_err(
+                "get_buffer() must return a writable contiguous buffer",
+            )),
+            Ok(view) if view.len_bytes() == 0 => Err(PyRuntimeError::new_err(
+                "get_buffer() returned an empty buffer",
+            )),
+            Ok(view) => {
+                // SAFETY: the buffer is writable, C-contiguous and `len_bytes()` long, and
+                // stays exported (so unmoved) until `view` is dropped after the recv; no
+                // Python code runs in between.
+                let target = unsafe {
+                    std::slice::from_raw_parts_mut(view.buf_ptr().cast::<u8>(), view.len_bytes())
+                };
+                capacity = target.len();
+                let received = recv_into(fd, target);
+                drop(view);
+                Ok(received)
+            }
+            Err(err) => Err(err),
+        };
+        match received {
+            Err(err) => {
+                Self::protocol_failed(slf, err, "Fatal error: protocol.get_buffer() call failed.")
+            }
+            Ok(Received::Data(n)) => {
+                Self::read_again_if_more(slf, n, capacity)?;
+                if let Err(err) = buffer_updated.call1(py, (n,)) {
+                    return Self::protocol_failed(
+                        slf,
+                        err,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    );
+                }
+                Ok(())
+            }
+            Ok(other) => Self::read_ended(slf, other),
+        }
+    }
+
+    /// A read that filled its buffer may have left data behind, and after the peer
+    /// closed, EOF is still to be read: either way no new edge will come, so read again
+    /// next iteration.
+    fn read_again_if_more(slf: &Bound<'_, Self>, n: usize, capacity: usize) -> PyResult<()> {
+        if n >= capacity || slf.get().state().peer_closed {
+            Self::queue_read(slf)?;
+        }
+        Ok(())
+    }
+
+    /// A protocol callback raised: KeyboardInterrupt/SystemExit propagate, the rest is
+    /// a fatal error of the transport.
+    fn protocol_failed(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+            || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+        {
+            return Err(err);
+        }
+        Self::fatal_error(slf, err, message)
+    }
+
+    /// EOF, an error, or nothing to read after all.
+    fn read_ended(slf: &Bound<'_, Self>, received: Received) -> PyResult<()> {
+        let py = slf.py();
+        match received {
+            Received::Data(_) | Received::WouldBlock => Ok(()),
+            Received::Failed(err) => Self::fatal_error(
+                slf,
+                os_error(py, err),
+                "Fatal read error on socket transport",
+            ),
+            Received::Eof => {
+                let protocol = slf
+                    .get()
+                    .state()
+                    .protocol
+                    .as_ref()
+                    .map(|p| p.protocol.clone_ref(py));
+                let Some(protocol) = protocol else {
+                    return Ok(());
+                };
+                match protocol.call_method0(py, "eof_received") {
+                    Err(err) => Self::protocol_failed(
+                        slf,
+                        err,
+                        "Fatal error: protocol.eof_received() call failed.",
+                    ),
+                    Ok(keep_open) if keep_open.is_truthy(py)? => {
+                        // Half-closed: stop reading, keep writing.
+                        slf.get().state().reading_paused = true;
+                        Ok(())
+                    }
+                    Ok(_) => Self::close(slf),
+                }
+            }
+        }
+    }
+
+    /// Queues a read attempt for the next iteration.
+    fn queue_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(loop_) = slf.get().loop_of(py) {
+            loop_
+                .get()
+                .queue_stream(py, slf.clone().unbind(), true, false);
+        }
+        Ok(())
+    }
+
+    /// Sends queued data; finishes a pending close or write_eof once the queue is empty.
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = {
+            let mut state = this.state();
+            if state.conn_lost > 0 || state.queue.is_empty() {
+                return Ok(());
+            }
+            let sent = send_chunks(
+                this.fd,
+                state.queue.iter().map(Vec::as_slice),
+                state.front_sent,
+            );
+            if let Ok(n) = sent {
+                state.consume(n);
+            }
+            sent
+        };
+        match outcome {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    os_error(py, err),
+                    "Fatal write error on socket transport",
+                )
+            }
+        }
+        Self::maybe_resume_protocol(slf)?;
+        let (empty, closing, eof) = {
+            let state = this.state();
+            (state.queue.is_empty(), state.closing, state.eof_requested)
+        };
+        if empty {
+            if closing {
+                let loop_ = {
+                    let mut state = this.state();
+                    state.conn_lost += 1;
+                    state.loop_.as_ref().map(|l| l.clone_ref(py))
+                };
+                return Self::schedule_connection_lost(slf, loop_, None);
+            }
+            if eof {
+                Self::shutdown_write(slf)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn shutdown_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let sock = slf.get().state().sock.as_ref().map(|s| s.clone_ref(py));
+        if let Some(sock) = sock {
+            let shut_wr = py.import("socket")?.getattr("SHUT_WR")?;
+            sock.call_method1(py, "shutdown", (shut_wr,))?;
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut state = slf.get().state();
+            if state.queued <= state.high_water || state.protocol_paused {
+                return Ok(());
+            }
+            state.protocol_paused = true;
+            state.protocol.as_ref().map(|p| p.protocol.clone_ref(py))
+        };
+        Self::call_flow_control(slf, protocol, "pause_writing")
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut state = slf.get().state();
+            if !state.protocol_paused || state.queued > state.low_water {
+                return Ok(());
+            }
+            state.protocol_paused = false;
+            state.protocol.as_ref().map(|p| p.protocol.clone_ref(py))
+        };
+        Self::call_flow_control(slf, protocol, "resume_writing")
+    }
+
+    fn call_flow_control(
+        slf: &Bound<'_, Self>,
+        protocol: Option<Py<PyAny>>,
+        method: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.call_method0(py, method) {
+            if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+                || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+            {
+                return Err(err);
+            }
+            let transport = slf
+                .get()
+                .state()
+                .transport
+                .as_ref()
+                .map(|t| t.clone_ref(py));
+            if let Some(transport) = transport {
+                transport.call_method1(
+                    py,
+                    "_report_error",
+                    (format!("protocol.{method}() failed"), err.into_value(py)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Called by the loop when the fd is ready.
+    pub fn on_ready(
+        slf: &Bound<'_, Self>,
+        readable: bool,
+        writable: bool,
+        read_closed: bool,
+    ) -> PyResult<()> {
+        if read_closed {
+            slf.get().state().peer_closed = true;
+        }
+        if writable {
+            Self::write_ready(slf)?;
+        }
+        if readable {
+            Self::read_ready(slf)?;
+        }
+        Ok(())
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn is_closing_now(&self) -> bool {
+        self.state().closing
+    }
+}
+
+impl StreamState {
+    /// Drops `n` sent bytes from the front of the queue.
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            let left = front.len() - self.front_sent;
+            if n >= left {
+                n -= left;
+                self.front_sent = 0;
+                self.queue.pop_front();
+            } else {
+                self.front_sent += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+/// The bytes of a bytes-like object (bytes, bytearray, memoryview), or the stdlib's error.
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(f(bytes.as_bytes()));
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        let view = PyUntypedBuffer::get(data)?;
+        if view.is_c_contiguous() {
+            // SAFETY: the exported buffer is C-contiguous and `len_bytes()` long, and stays
+            // valid until `view` is dropped; `f` runs no Python code.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes())
+            };
+            return Ok(f(bytes));
+        }
+        let copy: Vec<u8> = data.call_method0("tobytes")?.extract()?;
+        return Ok(f(&copy));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {:?}",
+        data.get_type().name()?.to_string()
+    )))
+}
+
+#[pymethods]
+impl StreamCore {
+    #[new]
+    #[pyo3(signature = (loop_, sock, protocol, transport, server=None))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+        server: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let py = sock.py();
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err("the socket is closed"));
+        }
+        Ok(Self {
+            fd,
+            state: Mutex::new(StreamState {
+                loop_: Some(loop_.clone().unbind()),
+                sock: Some(sock.clone().unbind()),
+                transport: Some(transport.clone().unbind()),
+                server: server.map(|s| s.clone().unbind()),
+                protocol: Some(Self::protocol_calls(py, protocol)?),
+                queue: VecDeque::new(),
+                front_sent: 0,
+                queued: 0,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                reading_started: false,
+                reading_paused: false,
+                read_pending: false,
+                peer_closed: false,
+                closing: false,
+                eof_requested: false,
+                conn_lost: 0,
+            }),
+        })
+    }
+
+    /// Registers the fd with the loop's poller (reading starts with `_start_reading`).
+    fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let Some(loop_) = slf.get().loop_of(py) else {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        };
+        loop_.get().register_stream(py, slf.clone().unbind())
+    }
+
+    /// Starts delivering data (scheduled right after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let pending = {
+            let mut state = slf.get().state();
+            if state.closing {
+                return Ok(());
+            }
+            state.reading_started = true;
+            !state.reading_paused && state.read_pending
+        };
+        if pending {
+            Self::queue_read(slf)?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` (bytes-like); never blocks, never loses bytes.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = with_bytes(data, |bytes| {
+            let mut state = this.state();
+            if state.eof_requested {
+                return Written::AfterEof;
+            }
+            if bytes.is_empty() {
+                return Written::Nothing;
+            }
+            if state.conn_lost > 0 {
+                state.conn_lost += 1;
+                return Written::ToLostConnection(state.conn_lost - 1);
+            }
+            let mut sent = 0;
+            if state.queue.is_empty() {
+                match send_chunks(this.fd, std::iter::once(bytes), 0) {
+                    Ok(n) => sent = n,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Written::Failed(err),
+                }
+            }
+            if sent < bytes.len() {
+                state.queue.push_back(bytes[sent..].to_vec());
+                state.queued += bytes.len() - sent;
+            }
+            Written::Sent
+        })?;
+        match outcome {
+            Written::AfterEof => Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            )),
+            Written::Nothing => Ok(()),
+            Written::ToLostConnection(count) => {
+                if count >= CONNLOST_WRITES_BEFORE_WARNING {
+                    py.import("asyncio.log")?
+                        .getattr("logger")?
+                        .call_method1("warning", ("socket.send() raised exception.",))?;
+                }
+                Ok(())
+            }
+            Written::Sent => Self::maybe_pause_protocol(slf),
+            Written::Failed(err) => Self::fatal_error(
+                slf,
+                os_error(py, err),
+                "Fatal write error on socket transport",
+            ),
+        }
+    }
+
+    /// Write each item of an iterable of bytes-like objects.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        for data in list_of_data.try_iter()? {
+            Self::write(slf, &data?)?;
+        }
+        Ok(())
+    }
+
+    /// Close the write side once queued data is sent (half-close).
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let now = {
+            let mut state = slf.get().state();
+            if state.closing || state.eof_requested {
+                return Ok(());
+            }
+            state.eof_requested = true;
+            state.queue.is_empty()
+        };
+        if now {
+            Self::shutdown_write(slf)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Close: stop reading, send what is queued, then `connection_lost(None)`.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let loop_ = {
+            let mut state = slf.get().state();
+            if state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+            if !state.queue.is_empty() {
+                return Ok(());
+            }
+            state.conn_lost += 1;
+            state.loop_.as_ref().map(|l| l.clone_ref(py))
+        };
+        Self::schedule_connection_lost(slf, loop_, None)
+    }
+
+    /// Close at once, dropping queued data.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.state().closing
+    }
+
+    fn is_reading(&self) -> bool {
+        let state = self.state();
+        !state.reading_paused && !state.closing
+    }
+
+    /// Stop calling the protocol with data until `resume_reading()`.
+    fn pause_reading(&self) {
+        let mut state = self.state();
+        if state.closing || state.reading_paused {
+            return;
+        }
+        state.reading_paused = true;
+    }
+
+    /// Resume delivering data after `pause_reading()`.
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut state = slf.get().state();
+            if state.closing || !state.reading_paused {
+                return Ok(());
+            }
+            state.reading_paused = false;
+            if !state.reading_started {
+                return Ok(());
+            }
+        }
+        // Data may have arrived (or been left) while paused: look next iteration.
+        Self::queue_read(slf)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let signed = |v: Option<&Bound<'_, PyAny>>| -> PyResult<Option<i64>> {
+            v.map(|v| v.extract::<i64>()).transpose()
+        };
+        let (high, low) = (signed(high)?, signed(low)?);
+        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut state = slf.get().state();
+            state.high_water = high as usize;
+            state.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.low_water, state.high_water)
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.state().queued
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state()
+            .protocol
+            .as_ref()
+            .map(|p| p.protocol.clone_ref(py))
+    }
+
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let calls = Self::protocol_calls(protocol.py(), protocol)?;
+        let old = self.state().protocol.replace(calls);
+        drop(old);
+        Ok(())
+    }
+
+    /// Runs `connection_lost(exc)`, then closes the socket and lets go of everything.
+    #[pyo3(signature = (exc=None))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = this
+            .state()
+            .protocol
+            .as_ref()
+            .map(|p| p.protocol.clone_ref(py));
+        let outcome = match protocol {
+            Some(protocol) => protocol
+                .call_method1(py, "connection_lost", (exc,))
+                .map(drop),
+            None => Ok(()),
+        };
+        let (loop_, sock, transport, server, protocol, queue) = {
+            let mut state = this.state();
+            (
+                state.loop_.take(),
+                state.sock.take(),
+                state.transport.take(),
+                state.server.take(),
+                state.protocol.take(),
+                std::mem::take(&mut state.queue),
+            )
+        };
+        if let Some(loop_) = &loop_ {
+            loop_.get().deregister_stream(py, this.fd);
+        }
+        let closed = match &sock {
+            Some(sock) => sock.call_method0(py, "close").map(drop),
+            None => Ok(()),
+        };
+        let detached = match (&server, &transport) {
+            (Some(server), Some(transport)) => {
+                server.call_method1(py, "_detach", (transport,)).map(drop)
+            }
+            _ => Ok(()),
+        };
+        drop((loop_, sock, transport, server, protocol, queue));
+        outcome.and(closed).and(detached)
+    }
+
+    /// (fd, reading state, write state, queued bytes) for the transport's repr.
+    fn _describe(&self) -> (RawFd, bool, bool, bool, usize) {
+        let state = self.state();
+        (
+            self.fd,
+            state.sock.is_none(),
+            state.closing,
+            !state.reading_paused,
+            state.queued,
+        )
+    }
+
+    /// The Python transport's repr (for the "fd is used by transport" error).
+    fn _transport_repr(&self, py: Python<'_>) -> PyResult<String> {
+        let transport = self.state().transport.as_ref().map(|t| t.clone_ref(py));
+        match transport {
+            Some(transport) => Ok(transport.bind(py).repr()?.to_string()),
+            None => Ok(format!("<closed transport fd={}>", self.fd)),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // The loop's thread may hold the lock; then this object is in use, not garbage.
+        let Ok(state) = self.state.try_lock() else {
+            return Ok(());
+        };
+        visit.call(&state.sock)?;
+        visit.call(&state.transport)?;
+        visit.call(&state.server)?;
+        if let Some(calls) = &state.protocol {
+            visit.call(&calls.protocol)?;
+            match &calls.receive {
+                Receive::Data(f) => visit.call(f)?,
+                Receive::Buffered {
+                    get_buffer,
+                    buffer_updated,
+                } => {
+                    visit.call(get_buffer)?;
+                    visit.call(buffer_updated)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = {
+            let mut state = self.state();
+            (
+                state.sock.take(),
+                state.transport.take(),
+                state.server.take(),
+                state.protocol.take(),
+            )
+        };
+        drop(taken);
+    }
+}
