@@ -255,23 +255,6 @@ impl LoopCore {
         });
     }
 
-    /// The stdlib's `_ensure_fd_no_transport`: a transport's fd is not for watchers.
-    fn ensure_fd_no_transport(&self, fileobj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
-        let py = fileobj.py();
-        let core = lock(&self.state).watchers.stream(py, fd);
-        if let Some(core) = core {
-            if !core.get().is_closing_now() {
-                let transport = core.bind(py).call_method0("_transport_repr")?;
-                return Err(PyRuntimeError::new_err(format!(
-                    "File descriptor {} is used by transport {}",
-                    fileobj.repr()?,
-                    transport
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Adds or replaces the reader/writer of `fileobj`.
     fn add_watcher(
         &self,
@@ -282,7 +265,6 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = fileobj.py();
         let fd = fileobj_to_fd(fileobj)?;
-        self.ensure_fd_no_transport(fileobj, fd)?;
         self.check_closed()?;
         let handle = self.make_handle(py, callback, args, None, false)?;
         let outcome = {
@@ -311,7 +293,6 @@ impl LoopCore {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fileobj)?;
-        self.ensure_fd_no_transport(fileobj, fd)?;
         let removed = {
             let mut state = lock(&self.state);
             let State {

@@ -201,11 +201,6 @@ impl FdWatchers {
         true
     }
 
-    /// The stream transport owning `fd`, if any.
-    pub fn stream(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamCore>> {
-        self.streams.get(&fd).map(|core| core.clone_ref(py))
-    }
-
     /// Registers a stream transport's fd, edge-triggered both ways, for its whole life.
     /// Python watchers left on the fd are replaced; their handles are returned.
     pub fn add_stream(

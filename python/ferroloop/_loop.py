@@ -365,8 +365,42 @@ class Loop(
     async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple[str, str]:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
-    # Stdlib-internal spellings some libraries call directly.
+    # ---- fd watchers ----------------------------------------------------------------
+    # The public methods refuse fds that belong to a live transport, as the stdlib's do;
+    # the underscored spellings (which libraries also call) skip the check.
+
     _add_reader = LoopCore.add_reader
     _remove_reader = LoopCore.remove_reader
     _add_writer = LoopCore.add_writer
     _remove_writer = LoopCore.remove_writer
+
+    def add_reader(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
+        """Watch ``fd`` for reading; ``callback(*args)`` runs while it is readable."""
+        self._ensure_fd_no_transport(fd)
+        LoopCore.add_reader(self, fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        """Stop watching ``fd`` for reading; return whether it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return LoopCore.remove_reader(self, fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
+        """Watch ``fd`` for writing; ``callback(*args)`` runs while it is writable."""
+        self._ensure_fd_no_transport(fd)
+        LoopCore.add_writer(self, fd, callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        """Stop watching ``fd`` for writing; return whether it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return LoopCore.remove_writer(self, fd)
+
+    def _ensure_fd_no_transport(self, fd: Any) -> None:
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")

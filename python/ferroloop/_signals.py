@@ -89,12 +89,12 @@ class SignalsMixin:
             reader.setblocking(False)
             writer.setblocking(False)
             self._self_reader, self._self_writer = reader, writer
-            self.add_reader(reader.fileno(), self._read_signals)
+            self._add_reader(reader.fileno(), self._read_signals)
         return self._self_writer
 
     def _close_self_pipe(self) -> None:
         if self._self_reader is not None:
-            self.remove_reader(self._self_reader.fileno())
+            self._remove_reader(self._self_reader.fileno())
             self._self_reader.close()
             self._self_reader = None
         if self._self_writer is not None:

@@ -33,6 +33,7 @@ _CORE_METHODS = (
     "get_write_buffer_size",
     "get_protocol",
     "set_protocol",
+    "_force_close",
 )
 
 
@@ -133,6 +134,13 @@ class SocketTransport(transports.Transport):
 
     def set_protocol(self, protocol: Any) -> None:
         self._core.set_protocol(protocol)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
 
     def __repr__(self) -> str:
         fd, closed, closing, reading, queued = self._core._describe()

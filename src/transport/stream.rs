@@ -86,6 +86,9 @@ struct StreamState {
     closing: bool,
     eof_requested: bool,
     conn_lost: u32,
+    /// Registered with the poller, which then keeps the transport alive. As on the stdlib
+    /// loop, only while reading or sending: an idle, unreferenced transport is collected.
+    registered: bool,
 }
 
 /// The Rust half of a stream transport (see the module docs).
@@ -409,11 +412,50 @@ impl StreamCore {
                     Ok(keep_open) if keep_open.is_truthy(py)? => {
                         // Half-closed: stop reading, keep writing.
                         slf.get().state().reading_paused = true;
+                        Self::unregister_if_idle(slf);
                         Ok(())
                     }
                     Ok(_) => Self::close(slf),
                 }
             }
+        }
+    }
+
+    /// Registers with the poller unless already registered or finished.
+    fn ensure_registered(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let loop_ = {
+            let mut state = slf.get().state();
+            if state.registered || state.conn_lost > 0 {
+                return Ok(());
+            }
+            let Some(loop_) = state.loop_.as_ref().map(|l| l.clone_ref(py)) else {
+                return Ok(());
+            };
+            state.registered = true;
+            loop_
+        };
+        let outcome = loop_.get().register_stream(py, slf.clone().unbind());
+        if outcome.is_err() {
+            slf.get().state().registered = false;
+        }
+        outcome
+    }
+
+    /// Leaves the poller while neither reading nor sending.
+    fn unregister_if_idle(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let loop_ = {
+            let mut state = slf.get().state();
+            let reading = state.reading_started && !state.reading_paused && !state.closing;
+            if !state.registered || reading || !state.queue.is_empty() || state.conn_lost > 0 {
+                return;
+            }
+            state.registered = false;
+            state.loop_.as_ref().map(|l| l.clone_ref(py))
+        };
+        if let Some(loop_) = loop_ {
+            loop_.get().deregister_stream(py, slf.get().fd);
         }
     }
 
@@ -475,6 +517,7 @@ impl StreamCore {
             if eof {
                 Self::shutdown_write(slf)?;
             }
+            Self::unregister_if_idle(slf);
         }
         Ok(())
     }
@@ -569,10 +612,6 @@ impl StreamCore {
     pub fn fd(&self) -> RawFd {
         self.fd
     }
-
-    pub fn is_closing_now(&self) -> bool {
-        self.state().closing
-    }
 }
 
 impl StreamState {
@@ -615,8 +654,8 @@ fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResul
         return Ok(f(&copy));
     }
     Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {:?}",
-        data.get_type().name()?.to_string()
+        "data argument must be a bytes-like object, not {}",
+        data.get_type().name()?.repr()?
     )))
 }
 
@@ -657,17 +696,17 @@ impl StreamCore {
                 closing: false,
                 eof_requested: false,
                 conn_lost: 0,
+                registered: false,
             }),
         })
     }
 
     /// Registers the fd with the loop's poller (reading starts with `_start_reading`).
     fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let Some(loop_) = slf.get().loop_of(py) else {
+        if slf.get().state().loop_.is_none() {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
-        };
-        loop_.get().register_stream(py, slf.clone().unbind())
+        }
+        Self::ensure_registered(slf)
     }
 
     /// Starts delivering data (scheduled right after `connection_made`).
@@ -729,7 +768,12 @@ impl StreamCore {
                 }
                 Ok(())
             }
-            Written::Sent => Self::maybe_pause_protocol(slf),
+            Written::Sent => {
+                if this.state().queued > 0 {
+                    Self::ensure_registered(slf)?;
+                }
+                Self::maybe_pause_protocol(slf)
+            }
             Written::Failed(err) => Self::fatal_error(
                 slf,
                 os_error(py, err),
@@ -793,18 +837,35 @@ impl StreamCore {
         self.state().closing
     }
 
+    /// Close at once because of `exc` (used by `asyncio.sslproto`).
+    #[pyo3(signature = (exc=None))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let err = exc
+            .filter(|e| !e.is_none())
+            .map(|e| PyErr::from_value(e.clone()));
+        Self::force_close(slf, err)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self) -> bool {
+        self.state().protocol_paused
+    }
+
     fn is_reading(&self) -> bool {
         let state = self.state();
         !state.reading_paused && !state.closing
     }
 
     /// Stop calling the protocol with data until `resume_reading()`.
-    fn pause_reading(&self) {
-        let mut state = self.state();
-        if state.closing || state.reading_paused {
-            return;
+    fn pause_reading(slf: &Bound<'_, Self>) {
+        {
+            let mut state = slf.get().state();
+            if state.closing || state.reading_paused {
+                return;
+            }
+            state.reading_paused = true;
         }
-        state.reading_paused = true;
+        Self::unregister_if_idle(slf);
     }
 
     /// Resume delivering data after `pause_reading()`.
@@ -819,6 +880,7 @@ impl StreamCore {
                 return Ok(());
             }
         }
+        Self::ensure_registered(slf)?;
         // Data may have arrived (or been left) while paused: look next iteration.
         Self::queue_read(slf)
     }
@@ -834,7 +896,7 @@ impl StreamCore {
         };
         let (high, low) = (signed(high)?, signed(low)?);
         let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-        let low = low.unwrap_or(high / 4);
+        let low = low.unwrap_or(high.div_euclid(4)); // Python's floor division
         if !(high >= low && low >= 0) {
             return Err(PyValueError::new_err(format!(
                 "high ({high}) must be >= low ({low}) must be >= 0"
@@ -887,9 +949,10 @@ impl StreamCore {
                 .map(drop),
             None => Ok(()),
         };
-        let (loop_, sock, transport, server, protocol, queue) = {
+        let (registered, loop_, sock, transport, server, protocol, queue) = {
             let mut state = this.state();
             (
+                std::mem::replace(&mut state.registered, false),
                 state.loop_.take(),
                 state.sock.take(),
                 state.transport.take(),
@@ -898,7 +961,7 @@ impl StreamCore {
                 std::mem::take(&mut state.queue),
             )
         };
-        if let Some(loop_) = &loop_ {
+        if let (true, Some(loop_)) = (registered, &loop_) {
             loop_.get().deregister_stream(py, this.fd);
         }
         let closed = match &sock {
