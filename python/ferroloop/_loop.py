@@ -22,6 +22,7 @@ from ._connections import ConnectionsMixin
 from ._exception_handler import ExceptionHandlerMixin
 from ._ferroloop import LoopCore
 from ._format import check_callback
+from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
 from ._sock import SockMixin
 from ._transport import SocketTransport
@@ -43,6 +44,7 @@ class Loop(
     LoopCore,
     ConnectionsMixin,
     SockMixin,
+    SendfileMixin,
     SignalsMixin,
     ExceptionHandlerMixin,
     events.AbstractEventLoop,

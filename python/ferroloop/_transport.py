@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import warnings
-from asyncio import futures, transports, trsock
+from asyncio import constants, futures, transports, trsock
 from asyncio.log import logger
 from typing import Any
 
@@ -50,6 +50,9 @@ def _set_nodelay(sock: socket.socket) -> None:
 class SocketTransport(transports.Transport):
     """A stream transport over a connected, non-blocking TCP or Unix socket."""
 
+    # loop.sendfile may use os.sendfile on the socket.
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
     def __init__(
         self,
         loop: Any,
@@ -72,7 +75,9 @@ class SocketTransport(transports.Transport):
                 self._extra["peername"] = None
         _set_nodelay(sock)
         self._loop = loop
+        self._sock = sock
         self._sock_fd = sock.fileno()
+        self._empty_waiter: futures.Future | None = None
         core = StreamCore(loop, sock, protocol, self, server)
         self._core = core
         for name in _CORE_METHODS:
@@ -163,7 +168,37 @@ class SocketTransport(transports.Transport):
             if sock is not None:
                 sock._sock.close()
 
+    # loop.sendfile: wait for the queue to empty, then no writes until it is done.
+
+    def _make_empty_waiter(self) -> futures.Future:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = waiter = self._loop.create_future()
+        self.write = self.writelines = self._refuse_write_during_sendfile
+        if self.get_write_buffer_size():
+            self._core._notify_when_drained()
+        else:
+            waiter.set_result(None)
+        return waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+        self.write = self._core.write
+        self.writelines = self._core.writelines
+
+    def _refuse_write_during_sendfile(self, data: Any) -> None:
+        raise RuntimeError("unable to write; sendfile is in progress")
+
     # Called by the core.
+
+    def _write_drained(self, exc: BaseException | None) -> None:
+        waiter = self._empty_waiter
+        if waiter is None or waiter.done():
+            return
+        if exc is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(exc)
 
     def _report_fatal_error(self, exc: BaseException, message: str) -> None:
         if isinstance(exc, OSError):

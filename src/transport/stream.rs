@@ -86,6 +86,8 @@ struct StreamState {
     closing: bool,
     eof_requested: bool,
     conn_lost: u32,
+    /// `loop.sendfile` waits for the queue to drain: tell the transport when it has.
+    drain_waiter: bool,
     /// Registered with the poller, which then keeps the transport alive. As on the stdlib
     /// loop, only while reading or sending: an idle, unreferenced transport is collected.
     registered: bool,
@@ -506,6 +508,7 @@ impl StreamCore {
             (state.queue.is_empty(), state.closing, state.eof_requested)
         };
         if empty {
+            Self::notify_drained(slf, None)?;
             if closing {
                 let loop_ = {
                     let mut state = this.state();
@@ -518,6 +521,22 @@ impl StreamCore {
                 Self::shutdown_write(slf)?;
             }
             Self::unregister_if_idle(slf);
+        }
+        Ok(())
+    }
+
+    /// Resolves `loop.sendfile`'s wait for an empty queue (with an error if it never will).
+    fn notify_drained(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let transport = {
+            let mut state = slf.get().state();
+            if !std::mem::replace(&mut state.drain_waiter, false) {
+                return Ok(());
+            }
+            state.transport.as_ref().map(|t| t.clone_ref(py))
+        };
+        if let Some(transport) = transport {
+            transport.call_method1(py, "_write_drained", (exc,))?;
         }
         Ok(())
     }
@@ -696,6 +715,7 @@ impl StreamCore {
                 closing: false,
                 eof_requested: false,
                 conn_lost: 0,
+                drain_waiter: false,
                 registered: false,
             }),
         })
@@ -851,6 +871,11 @@ impl StreamCore {
         self.state().protocol_paused
     }
 
+    /// Ask for `transport._write_drained(None)` once the queue is empty.
+    fn _notify_when_drained(&self) {
+        self.state().drain_waiter = true;
+    }
+
     fn is_reading(&self) -> bool {
         let state = self.state();
         !state.reading_paused && !state.closing
@@ -949,6 +974,11 @@ impl StreamCore {
                 .map(drop),
             None => Ok(()),
         };
+        let lost = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+        let outcome = outcome.and(Self::notify_drained(
+            slf,
+            Some(lost.into_value(py).into_any()),
+        ));
         let (registered, loop_, sock, transport, server, protocol, queue) = {
             let mut state = this.state();
             (
