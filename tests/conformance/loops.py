@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import asyncio.events
+import asyncio.runners
+import asyncio.tasks
 import importlib
 import sys
 from collections import Counter
@@ -108,6 +110,48 @@ class LoopUnderTest:
             loop.close()
             created["lut"] -= 1
         return None
+
+
+class AsyncioGlobals:
+    """The functions and classes of asyncio's modules, to put back after each test.
+
+    A test whose setUp fails never runs its tearDown; test_events' get_event_loop tests swap
+    ``asyncio.events._get_running_loop`` and friends for their pure-Python versions in setUp,
+    so on the loop under test (where that setUp fails) every later test of the module would
+    run with mismatched running-loop functions. The stdlib run is restored the same way.
+    """
+
+    _MODULES = (
+        "asyncio",
+        "asyncio.events",
+        "asyncio.base_events",
+        "asyncio.tasks",
+        "asyncio.futures",
+        "asyncio.runners",
+    )
+    # What adapters.py itself substitutes while a test runs (startTest runs inside it).
+    _ADAPTED = frozenset({"DefaultEventLoopPolicy", "BaseEventLoop", "SelectorEventLoop"})
+
+    def __init__(self) -> None:
+        self.saved = {
+            name: {
+                attr: value
+                for attr, value in vars(sys.modules[name]).items()
+                if callable(value) and not attr.startswith("__") and attr not in self._ADAPTED
+            }
+            for name in self._MODULES
+        }
+
+    def restore(self) -> list[str]:
+        """Put back whatever a test left replaced; return the dotted names."""
+        restored = []
+        for name, attrs in self.saved.items():
+            module = sys.modules[name]
+            for attr, value in attrs.items():
+                if getattr(module, attr, None) is not value:
+                    setattr(module, attr, value)
+                    restored.append(f"{name}.{attr}")
+        return restored
 
 
 def _mock_tolerant(base: type) -> type:

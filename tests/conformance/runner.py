@@ -452,7 +452,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=30.0,
         metavar="S",
-        help="seconds a test may run before it is killed (default 30; the "
+        help="seconds a test may run before it is killed (default 20; the "
         "slowest test takes 3 s on the stdlib loop)",
     )
     parser.add_argument(

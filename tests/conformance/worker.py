@@ -60,10 +60,11 @@ def describe(err: tuple) -> dict:
 class EventResult(unittest.TestResult):
     """Collects each test's outcome and emits it when the test stops."""
 
-    def __init__(self, emit, lut, counters, lut_classes, timeout):
+    def __init__(self, emit, lut, asyncio_globals, counters, lut_classes, timeout):
         super().__init__()
         self.emit = emit
         self.lut = lut
+        self.asyncio_globals = asyncio_globals
         self.counters = counters
         self.lut_classes = lut_classes
         self.timeout = timeout
@@ -71,6 +72,9 @@ class EventResult(unittest.TestResult):
 
     def startTest(self, test):  # noqa: N802
         super().startTest(test)
+        # Here rather than in stopTest, which runs inside TestCase.run, where adapters.py's
+        # patches are still active.
+        restored = self.asyncio_globals.restore()
         self.lut.before_test()
         self.current = {
             "id": short_id(test.id()),
@@ -78,6 +82,9 @@ class EventResult(unittest.TestResult):
             "start": time.monotonic(),
             "loops0": dict(self.counters),
         }
+        if restored:
+            # Left replaced by the previous test (its setUp failed, so no tearDown ran).
+            self.current["restored_before"] = restored
         self.emit({"ev": "start", "id": self.current["id"]})
         # On a hang, dump every thread's stack to stderr just before the runner kills us.
         faulthandler.dump_traceback_later(max(self.timeout - 2, 1), exit=False)
@@ -266,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             "excluded": excluded,
         }
     )
-    result = EventResult(emit, lut, loops.created, lut_classes, args.timeout)
+    result = EventResult(
+        emit, lut, loops.AsyncioGlobals(), loops.created, lut_classes, args.timeout
+    )
     # The suite drops each test once run; no other reference may keep finished tests (and
     # their loops) alive: a bigger heap makes gc-heavy tests (test_task_del_collect) crawl.
     suite = unittest.TestSuite(selected)
