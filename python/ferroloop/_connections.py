@@ -653,8 +653,10 @@ class ConnectionsMixin:
             hosts = [host]
         else:
             hosts = host
-        lookups = [self._server_addrinfo(name, port, family, flags) for name in hosts]
-        infos = set(itertools.chain.from_iterable(await tasks.gather(*lookups)))
+        # Tasks of this loop, so gather() needs no current loop to find one.
+        lookups = [self.create_task(self._server_addrinfo(h, port, family, flags)) for h in hosts]
+        resolved = await tasks.gather(*lookups) if lookups else []
+        infos = set(itertools.chain.from_iterable(resolved))
 
         debug = self.get_debug()
         sockets: list[socket.socket] = []
