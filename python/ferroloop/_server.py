@@ -42,6 +42,7 @@ class Server(events.AbstractServer):
         # Weak, as in the stdlib: an abandoned transport must still be collectable (and
         # warn about being unclosed) even though the server knows it.
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._anonymous = 0
         # Futures of wait_closed() callers; None once closed with no connection left.
         self._waiters: list[futures.Future] | None = []
         self._protocol_factory = protocol_factory
@@ -59,13 +60,25 @@ class Server(events.AbstractServer):
 
     # ---- the transport's side -------------------------------------------------------
 
-    def _attach(self, transport: Any) -> None:
-        self._clients.add(transport)
+    # Our transports pass themselves; code written for the 3.11/3.12 stdlib Server calls
+    # these without an argument, and such attachments are counted in ``_anonymous``.
 
-    def _detach(self, transport: Any) -> None:
-        self._clients.discard(transport)
-        if not self._clients and self._sockets is None:
+    def _attach(self, transport: Any = None) -> None:
+        if transport is None:
+            self._anonymous += 1
+        else:
+            self._clients.add(transport)
+
+    def _detach(self, transport: Any = None) -> None:
+        if transport is None:
+            self._anonymous -= 1
+        else:
+            self._clients.discard(transport)
+        if not self._has_clients() and self._sockets is None:
             self._wakeup()
+
+    def _has_clients(self) -> bool:
+        return bool(self._clients) or self._anonymous > 0
 
     def _wakeup(self) -> None:
         waiters, self._waiters = self._waiters, None
@@ -116,7 +129,7 @@ class Server(events.AbstractServer):
         if serving_forever is not None and not serving_forever.done():
             serving_forever.cancel()
             self._serving_forever_fut = None
-        if not self._clients:
+        if not self._has_clients():
             self._wakeup()
 
     def _remove_socket_file(self, sock: socket.socket) -> None:
