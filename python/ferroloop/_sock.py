@@ -1,5 +1,521 @@
-"""The low-level socket API: loop.sock_* operations."""
+"""The low-level socket API: ``loop.sock_*`` operations on non-blocking sockets.
+
+Every operation first tries its syscall at once and returns if the socket was ready. Only
+otherwise does it wait, and what it waits for is *readiness*, not the result: a one-shot
+reader (or writer) resolves a future and removes itself, and the coroutine then makes the
+syscall itself. So the syscall runs only in a coroutine that is still wanted:
+
+- a cancelled ``sock_recv``/``sock_recvfrom``/``sock_accept`` has taken nothing: the data,
+  the datagram, the connection stay in the socket for the next call;
+- a cancelled ``sock_sendall``/``sock_sendfile`` has sent exactly what it had sent when it
+  was cancelled, and sends nothing afterwards;
+- no watcher outlives the call: the watcher removes itself when it fires, and a cancelled
+  call removes it if it is still the fd's watcher.
+
+As with the stdlib loop, one fd has one reader and one writer: a second call waiting on the
+same side of the same socket takes the watcher over, and the first waits until cancelled.
+``_sock_readers``/``_sock_writers`` remember which call owns the watcher of each fd, so a
+cancelled call never removes a watcher it no longer owns.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+import sys
+from asyncio import constants, exceptions
+from typing import Any
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover - Python built without ssl
+    ssl = None  # type: ignore[assignment]
+
+_SSLSocket: type = ssl.SSLSocket if ssl is not None else type("_NoSSLSocket", (), {})
+_SSL_REJECTED = "Socket cannot be of type SSLSocket"
+_MUST_BE_NONBLOCKING = "the socket must be non-blocking"
+_NOT_READY = (BlockingIOError, InterruptedError)
+
+_HAS_IPV6 = hasattr(socket, "AF_INET6")
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6) if _HAS_IPV6 else (socket.AF_INET,)
+# os.sendfile's count is a ssize_t: the stdlib caps one call at 1 GiB on 32-bit builds.
+_SENDFILE_MAX_BLOCK = sys.maxsize // 2 + 1
+
+
+def _ip_literal_addrinfo(
+    host: Any, port: Any, family: int, type: int, proto: int, *address_rest: Any
+) -> tuple[Any, ...] | None:
+    """The getaddrinfo() entry for an address that needs no lookup (an IP literal and a
+    numeric port), or None if it must be resolved."""
+    if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+        return None
+    if type == socket.SOCK_STREAM:
+        proto = socket.IPPROTO_TCP
+    elif type == socket.SOCK_DGRAM:
+        proto = socket.IPPROTO_UDP
+    else:
+        return None
+    if port is None or port == "" or port == b"":
+        port = 0
+    else:
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            return None  # a service name such as "http"
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    if "%" in host:
+        return None  # inet_pton rejects an IPv6 zone index ("::1%lo")
+    if family == socket.AF_UNSPEC:
+        families: tuple[int, ...] = _INET_FAMILIES
+    else:
+        families = (family,)
+    for af in families:
+        try:
+            socket.inet_pton(af, host)
+        except OSError:
+            continue
+        if _HAS_IPV6 and af == socket.AF_INET6:
+            flowinfo, scope_id = (tuple(address_rest) + (0, 0))[:2]
+            return af, type, proto, "", (host, port, flowinfo, scope_id)
+        return af, type, proto, "", (host, port)
+    return None
 
 
 class SockMixin:
-    pass
+    # fd -> the future of the sock_* call whose one-shot watcher is installed on it.
+    _sock_readers: dict[int, Any] | None = None
+    _sock_writers: dict[int, Any] | None = None
+
+    # ---- waiting for readiness ------------------------------------------------------
+    # A call waits with ``fut = self._sock_watch_readable(fd)`` and ``await fut``; if the
+    # await raises (cancelled, or the coroutine closed), ``_sock_unwatch_readable``.
+
+    def _sock_watch_readable(self, fd: int) -> Any:
+        """A future resolved once ``fd`` is readable, by a reader that removes itself."""
+        fut = self.create_future()
+        self._add_reader(fd, self._sock_read_ready, fd, fut)
+        readers = self._sock_readers
+        if readers is None:
+            readers = self._sock_readers = {}
+        readers[fd] = fut
+        return fut
+
+    def _sock_unwatch_readable(self, fd: int, fut: Any) -> None:
+        """Remove the reader of ``fut`` if it is still ``fd``'s reader."""
+        readers = self._sock_readers
+        if readers.get(fd) is fut:
+            del readers[fd]
+            self._remove_reader(fd)
+
+    def _sock_read_ready(self, fd: int, fut: Any) -> None:
+        # Runs only while it is fd's reader (adding or removing a reader cancels the one it
+        # replaces), so removing fd's reader removes this one.
+        self._remove_reader(fd)
+        readers = self._sock_readers
+        if readers.get(fd) is fut:
+            del readers[fd]
+        if not fut.done():
+            fut.set_result(None)
+
+    def _sock_watch_writable(self, fd: int) -> Any:
+        """A future resolved once ``fd`` is writable, by a writer that removes itself."""
+        fut = self.create_future()
+        self._add_writer(fd, self._sock_write_ready, fd, fut)
+        writers = self._sock_writers
+        if writers is None:
+            writers = self._sock_writers = {}
+        writers[fd] = fut
+        return fut
+
+    def _sock_unwatch_writable(self, fd: int, fut: Any) -> None:
+        """Remove the writer of ``fut`` if it is still ``fd``'s writer."""
+        writers = self._sock_writers
+        if writers.get(fd) is fut:
+            del writers[fd]
+            self._remove_writer(fd)
+
+    def _sock_write_ready(self, fd: int, fut: Any) -> None:
+        # Runs only while it is fd's writer (see _sock_read_ready).
+        self._remove_writer(fd)
+        writers = self._sock_writers
+        if writers.get(fd) is fut:
+            del writers[fd]
+        if not fut.done():
+            fut.set_result(None)
+
+    def _sock_fd(self, sock: Any) -> int:
+        """``sock``'s fd, refused if a live transport owns it (checked before waiting)."""
+        fd = sock.fileno()
+        # _transports is a WeakValueDictionary: look in its plain dict first, so that the
+        # common case (no transport on this fd) costs no Python-level call.
+        if fd in self._transports.data:
+            self._ensure_fd_no_transport(fd)
+        return fd
+
+    # ---- receiving ------------------------------------------------------------------
+
+    async def sock_recv(self, sock: Any, n: int) -> bytes:
+        """Receive up to ``n`` bytes from ``sock`` (b'' at end of stream)."""
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        try:
+            return sock.recv(n)
+        except _NOT_READY:
+            pass
+        fd = self._sock_fd(sock)
+        while True:
+            fut = self._sock_watch_readable(fd)
+            try:
+                await fut
+            except BaseException:
+                self._sock_unwatch_readable(fd, fut)
+                raise
+            try:
+                return sock.recv(n)
+            except _NOT_READY:
+                pass
+
+    async def sock_recv_into(self, sock: Any, buf: Any) -> int:
+        """Receive into the writable buffer ``buf``; return the number of bytes written."""
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        try:
+            return sock.recv_into(buf)
+        except _NOT_READY:
+            pass
+        fd = self._sock_fd(sock)
+        while True:
+            fut = self._sock_watch_readable(fd)
+            try:
+                await fut
+            except BaseException:
+                self._sock_unwatch_readable(fd, fut)
+                raise
+            try:
+                return sock.recv_into(buf)
+            except _NOT_READY:
+                pass
+
+    async def sock_recvfrom(self, sock: Any, bufsize: int) -> tuple[bytes, Any]:
+        """Receive a datagram of up to ``bufsize`` bytes; return ``(data, address)``."""
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        try:
+            return sock.recvfrom(bufsize)
+        except _NOT_READY:
+            pass
+        fd = self._sock_fd(sock)
+        while True:
+            fut = self._sock_watch_readable(fd)
+            try:
+                await fut
+            except BaseException:
+                self._sock_unwatch_readable(fd, fut)
+                raise
+            try:
+                return sock.recvfrom(bufsize)
+            except _NOT_READY:
+                pass
+
+    async def sock_recvfrom_into(self, sock: Any, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
+        """Receive a datagram into ``buf`` (at most ``nbytes``, default ``len(buf)``);
+        return ``(number of bytes written, address)``."""
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        if not nbytes:
+            nbytes = len(buf)
+        try:
+            return sock.recvfrom_into(buf, nbytes)
+        except _NOT_READY:
+            pass
+        fd = self._sock_fd(sock)
+        while True:
+            fut = self._sock_watch_readable(fd)
+            try:
+                await fut
+            except BaseException:
+                self._sock_unwatch_readable(fd, fut)
+                raise
+            try:
+                return sock.recvfrom_into(buf, nbytes)
+            except _NOT_READY:
+                pass
+
+    # ---- sending --------------------------------------------------------------------
+
+    async def sock_sendall(self, sock: Any, data: Any) -> None:
+        """Send all of ``data`` to the connected ``sock``.
+
+        On an error, or if cancelled, what was sent stays sent and nothing more is: there
+        is no telling how much of it the peer has received.
+        """
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        try:
+            sent = sock.send(data)
+        except _NOT_READY:
+            sent = 0
+        if sent == len(data):
+            return
+        fd = self._sock_fd(sock)
+        # Count in bytes whatever the buffer's item size; release the views when done so
+        # a bytearray can be resized again even while an exception keeps this frame alive.
+        with memoryview(data) as whole, whole.cast("B") as view:
+            size = len(view)
+            while sent < size:
+                fut = self._sock_watch_writable(fd)
+                try:
+                    await fut
+                except BaseException:
+                    self._sock_unwatch_writable(fd, fut)
+                    raise
+                try:
+                    sent += sock.send(view[sent:])
+                except _NOT_READY:
+                    pass
+
+    async def sock_sendto(self, sock: Any, data: Any, address: Any) -> int:
+        """Send the datagram ``data`` to ``address``; return the number of bytes sent."""
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        try:
+            return sock.sendto(data, address)
+        except _NOT_READY:
+            pass
+        fd = self._sock_fd(sock)
+        while True:
+            fut = self._sock_watch_writable(fd)
+            try:
+                await fut
+            except BaseException:
+                self._sock_unwatch_writable(fd, fut)
+                raise
+            try:
+                return sock.sendto(data, address)
+            except _NOT_READY:
+                pass
+
+    # ---- connecting and accepting ---------------------------------------------------
+
+    async def _ensure_resolved(
+        self,
+        address: Any,
+        *,
+        family: int = 0,
+        type: int = socket.SOCK_STREAM,
+        proto: int = 0,
+        flags: int = 0,
+        loop: Any = None,
+    ) -> list[Any]:
+        """getaddrinfo() entries for ``address``; an IP literal is not looked up."""
+        host, port = address[:2]
+        info = _ip_literal_addrinfo(host, port, family, type, proto, *address[2:])
+        if info is not None:
+            return [info]
+        resolver = self if loop is None else loop
+        return await resolver.getaddrinfo(
+            host, port, family=family, type=type, proto=proto, flags=flags
+        )
+
+    async def sock_connect(self, sock: Any, address: Any) -> None:
+        """Connect ``sock`` to ``address`` (a host name is resolved for IPv4/IPv6 sockets)."""
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        if sock.family in _INET_FAMILIES:
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto
+            )
+            address = resolved[0][4]
+        try:
+            sock.connect(address)
+            return
+        except _NOT_READY:
+            # In progress (EINPROGRESS, or EINTR: the connection goes on in the
+            # background): the socket turns writable when it has succeeded or failed.
+            pass
+        fd = self._sock_fd(sock)
+        while True:
+            fut = self._sock_watch_writable(fd)
+            try:
+                await fut
+            except BaseException:
+                self._sock_unwatch_writable(fd, fut)
+                raise
+            try:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except _NOT_READY:
+                continue
+            if err:
+                raise OSError(err, f"Connect call failed {address}")
+            return
+
+    async def sock_accept(self, sock: Any) -> tuple[Any, Any]:
+        """Accept a connection on the listening ``sock``; return ``(conn, address)`` with
+        ``conn`` non-blocking."""
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        try:
+            conn, address = sock.accept()
+        except _NOT_READY:
+            pass
+        else:
+            conn.setblocking(False)
+            return conn, address
+        fd = self._sock_fd(sock)
+        while True:
+            fut = self._sock_watch_readable(fd)
+            try:
+                await fut
+            except BaseException:
+                self._sock_unwatch_readable(fd, fut)
+                raise
+            try:
+                conn, address = sock.accept()
+            except _NOT_READY:
+                continue
+            conn.setblocking(False)
+            return conn, address
+
+    # ---- sendfile -------------------------------------------------------------------
+
+    async def sock_sendfile(
+        self,
+        sock: Any,
+        file: Any,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        """Send ``count`` bytes (default: to EOF) of ``file`` from ``offset`` over the
+        stream ``sock`` with ``os.sendfile``, or, if that is not possible and ``fallback``
+        is true, by reading the file and sending what was read. Return the bytes sent; the
+        file position is left after the last byte sent."""
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError(_MUST_BE_NONBLOCKING)
+        if isinstance(sock, _SSLSocket):
+            raise TypeError(_SSL_REJECTED)
+        self._check_sendfile_params(sock, file, offset, count)
+        try:
+            return await self._sock_sendfile_native(sock, file, offset, count)
+        except exceptions.SendfileNotAvailableError:
+            if not fallback:
+                raise
+        return await self._sock_sendfile_fallback(sock, file, offset, count)
+
+    def _check_sendfile_params(self, sock: Any, file: Any, offset: Any, count: Any) -> None:
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("only SOCK_STREAM type sockets are supported")
+        if count is not None:
+            if not isinstance(count, int):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        if not isinstance(offset, int):
+            raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+        if offset < 0:
+            raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+
+    async def _sock_sendfile_native(
+        self, sock: Any, file: Any, offset: int, count: int | None
+    ) -> int:
+        if not hasattr(os, "sendfile"):
+            raise exceptions.SendfileNotAvailableError("os.sendfile() is not available")
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0  # an empty file
+        blocksize = min(blocksize, _SENDFILE_MAX_BLOCK)
+        fd = sock.fileno()
+        total_sent = 0
+        try:
+            while True:
+                if count:
+                    blocksize = count - total_sent
+                    if blocksize <= 0:
+                        return total_sent
+                try:
+                    sent = os.sendfile(fd, fileno, offset, blocksize)
+                except _NOT_READY:
+                    sent = None
+                except OSError as exc:
+                    if total_sent == 0:
+                        # Nothing sent yet: most likely a file that sendfile(2) cannot
+                        # map; the fallback will say what is wrong if it is the socket.
+                        raise exceptions.SendfileNotAvailableError(
+                            "os.sendfile call failed"
+                        ) from None
+                    if exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+                        # The peer went away mid-way: the same error on every platform.
+                        raise ConnectionError("socket is not connected", errno.ENOTCONN) from exc
+                    raise
+                if sent == 0:
+                    return total_sent  # end of file
+                if sent is not None:
+                    offset += sent
+                    total_sent += sent
+                # Wait for room; after a block sent, this also lets other callbacks run
+                # between blocks, as on the stdlib loop.
+                fut = self._sock_watch_writable(fd)
+                try:
+                    await fut
+                except BaseException:
+                    self._sock_unwatch_writable(fd, fut)
+                    raise
+        finally:
+            if total_sent > 0:
+                os.lseek(fileno, offset, os.SEEK_SET)
+
+    async def _sock_sendfile_fallback(
+        self, sock: Any, file: Any, offset: int, count: int | None
+    ) -> int:
+        if offset:
+            file.seek(offset)
+        limit = constants.SENDFILE_FALLBACK_READBUFFER_SIZE
+        blocksize = min(count, limit) if count else limit
+        buf = bytearray(blocksize)
+        total_sent = 0
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        break
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    break  # end of file
+                await self.sock_sendall(sock, view[:read])
+                total_sent += read
+            return total_sent
+        finally:
+            if total_sent > 0 and hasattr(file, "seek"):
+                file.seek(offset + total_sent)
