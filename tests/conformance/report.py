@@ -71,6 +71,7 @@ def _normalize(text: str) -> str:
     text = re.sub(r" at /\S+:\d+", "", text)
     text = re.sub(r"<(\w+) [^<>]{24,}>", r"<\1 …>", text)
     text = re.sub(r"0x[0-9a-fA-F]+", "0x…", text)
+    text = re.sub(r"\b\d+(?:\.\d+)? s\b", "N s", text)
     text = re.sub(r"\d+\.\d+", "N.N", text)
     text = re.sub(r"(?<![\w.])\d{2,}(?!\w)", "N", text)
     text = re.sub(r"'/[^']*'|\"/[^\"]*\"", "'…'", text)

@@ -43,6 +43,7 @@ _EXPECTED_SECONDS = {
     "test_sendfile": 2,
 }
 _MAX_RESTARTS = 20
+_HANGS_BEFORE_SHORT_TIMEOUT = 2
 
 
 def discover_modules() -> list[str]:
@@ -79,6 +80,10 @@ class ModuleRun:
         self.loops_built: dict[str, int] = {}
         self.restarts = 0
         self.seconds = 0.0
+        self.hangs = 0
+        # After a few hangs in a module (a missing feature tends to hang all its tests), the
+        # rest of the module gets the shorter --hang-timeout.
+        self.timeout = opts.timeout
 
     def run(self) -> ModuleRun:
         t0 = time.monotonic()
@@ -111,7 +116,7 @@ class ModuleRun:
             "--events-fd",
             str(events_fd),
             "--timeout",
-            str(self.opts.timeout),
+            str(self.timeout),
         ]
         for pattern in self.opts.patterns:
             cmd += ["-k", pattern]
@@ -151,7 +156,7 @@ class ModuleRun:
         try:
             while True:
                 now = time.monotonic()
-                limit = min(last_progress + self.opts.timeout, deadline)
+                limit = min(last_progress + self.timeout, deadline)
                 if now >= limit:
                     self._kill(proc)
                     if current is None:
@@ -258,13 +263,16 @@ class ModuleRun:
         self.tests[test_id] = {
             "outcome": "error",
             "loops": {},
-            "time": self.opts.timeout,
+            "time": self.timeout,
             "error": {
                 "type": "Timeout",
-                "message": f"no progress in {self.opts.timeout:g} s; " + _innermost_frame(dump),
+                "message": f"no progress in {self.timeout:g} s; " + _innermost_frame(dump),
                 "traceback": dump[-6000:],
             },
         }
+        self.hangs += 1
+        if self.hangs >= _HANGS_BEFORE_SHORT_TIMEOUT:
+            self.timeout = min(self.timeout, self.opts.hang_timeout)
 
     def _record_crash(self, test_id: str | None, returncode: int, log, offset: int) -> None:
         how = (
@@ -307,13 +315,23 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
 
 
 def _innermost_frame(dump: str) -> str:
-    """'hung in func (file:line)' for the main thread's innermost frame."""
+    """'hung in func (file:line)' for the main thread's innermost frame.
+
+    When that frame is threading's (joining or waiting for another thread), the first frame
+    outside threading.py is added: it says which thread the test was waiting for.
+    """
     for block in re.split(r"\n(?=(?:Current )?[Tt]hread 0x)", dump):
         if "tests/conformance/worker.py" in block or "runpy.py" in block:
-            frame = _FRAME.search(block)
-            if frame:
-                path, line, func = frame.groups()
-                return f"hung in {func} ({Path(path).name}:{line})"
+            frames = _FRAME.findall(block)
+            if not frames:
+                break
+            path, line, func = frames[0]
+            text = f"hung in {func} ({Path(path).name}:{line})"
+            if Path(path).name == "threading.py":
+                caller = next((f for f in frames if Path(f[0]).name != "threading.py"), None)
+                if caller:
+                    text += f" from {caller[2]} ({Path(caller[0]).name}:{caller[1]})"
+            return text
     return "hung"
 
 
@@ -454,6 +472,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="seconds a test may run before it is killed (default 20; the "
         "slowest test takes 3 s on the stdlib loop)",
+    )
+    parser.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=8.0,
+        metavar="S",
+        help="--timeout for the rest of a module once two of its tests have hung (default 8)",
     )
     parser.add_argument(
         "--module-timeout",
