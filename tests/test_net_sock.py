@@ -1,0 +1,484 @@
+"""The low-level socket API: loop.sock_* operations, their checks and their cancellation."""
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+from net_support import payload, raw_tcp_pair, run
+
+
+@pytest.fixture
+def tcp_pair():
+    """Connected non-blocking TCP sockets with small kernel buffers (so writes block soon)."""
+    a, b = raw_tcp_pair()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        s.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def udp_pair():
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def listener():
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+async def iterations(count=5):
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def cancelled(loop, coro):
+    """Start `coro` as a task, let it block, cancel it and check it ended cancelled."""
+    task = loop.create_task(coro)
+    await iterations()
+    assert not task.done(), "the operation should be waiting"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+async def drain_until_quiet(loop, sock, quiet=0.05):
+    """Everything `sock` receives until nothing more arrives for `quiet` seconds."""
+    received = bytearray()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), quiet)
+        except TimeoutError:
+            return bytes(received)
+        if not chunk:
+            return bytes(received)
+        received += chunk
+
+
+def test_sock_recv_and_sendall_echo(loop, tcp_pair):
+    a, b = tcp_pair
+    data = payload(8 * 1024 * 1024)
+
+    async def main():
+        sender = loop.create_task(loop.sock_sendall(a, data))
+        received = bytearray()
+        while len(received) < len(data):
+            received += await loop.sock_recv(b, 65536)
+        assert await sender is None
+        a.shutdown(socket.SHUT_WR)
+        assert await loop.sock_recv(b, 10) == b""  # EOF
+        return bytes(received)
+
+    assert run(loop, main()) == data
+
+
+def test_sock_recv_into(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        buf = bytearray(10)
+        reader = loop.create_task(loop.sock_recv_into(b, buf))
+        await iterations()
+        await loop.sock_sendall(a, b"abc")
+        assert await reader == 3
+        assert buf[:3] == b"abc"
+        view = memoryview(buf)[5:]
+        await loop.sock_sendall(a, b"0123456789")
+        assert await loop.sock_recv_into(b, view) == 5
+        assert buf == b"abc\0\x0001234"
+
+    run(loop, main())
+
+
+def test_sock_sendto_recvfrom_and_recvfrom_into(loop, udp_pair):
+    a, b = udp_pair
+
+    async def main():
+        receiver = loop.create_task(loop.sock_recvfrom(b, 100))
+        await iterations()
+        sent = await loop.sock_sendto(a, b"datagram", b.getsockname())
+        assert sent == 8
+        assert await receiver == (b"datagram", a.getsockname())
+        buf = bytearray(16)
+        await loop.sock_sendto(a, b"0123456789", b.getsockname())
+        assert await loop.sock_recvfrom_into(b, buf, 4) == (4, a.getsockname())
+        assert buf[:4] == b"0123"
+        await loop.sock_sendto(a, b"second", b.getsockname())
+        assert await loop.sock_recvfrom_into(b, buf) == (6, a.getsockname())
+        assert buf[:6] == b"second"
+
+    run(loop, main())
+
+
+def test_sock_connect_and_accept(loop, listener):
+    async def main():
+        acceptor = loop.create_task(loop.sock_accept(listener))
+        await iterations()
+        client = socket.socket()
+        client.setblocking(False)
+        assert await loop.sock_connect(client, listener.getsockname()) is None
+        conn, address = await acceptor
+        assert address == client.getsockname()
+        assert conn.gettimeout() == 0  # accepted sockets are non-blocking
+        await loop.sock_sendall(client, b"hello")
+        assert await loop.sock_recv(conn, 5) == b"hello"
+        conn.close()
+        client.close()
+
+    run(loop, main())
+
+
+def test_sock_connect_resolves_names(loop, listener):
+    async def main():
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, ("localhost", listener.getsockname()[1]))
+        assert client.getpeername() == listener.getsockname()
+        client.close()
+
+    run(loop, main())
+
+
+def test_sock_connect_unix(loop, tmp_path):
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen()
+        server.setblocking(False)
+
+        async def main():
+            client = socket.socket(socket.AF_UNIX)
+            client.setblocking(False)
+            await loop.sock_connect(client, path)
+            conn, _ = await loop.sock_accept(server)
+            await loop.sock_sendall(conn, b"unix")
+            assert await loop.sock_recv(client, 4) == b"unix"
+            conn.close()
+            client.close()
+
+        run(loop, main())
+
+
+def test_sock_connect_refused(assert_same_error):
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))  # bound, not listening
+
+        def action(lp):
+            with socket.socket() as client:
+                client.setblocking(False)
+                lp.run_until_complete(lp.sock_connect(client, reserved.getsockname()))
+
+        exc = assert_same_error(action)
+    assert isinstance(exc, ConnectionRefusedError)
+
+
+def test_sock_recv_after_peer_reset(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        reader = loop.create_task(loop.sock_recv(b, 100))
+        await iterations()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        a.close()
+        with pytest.raises(ConnectionResetError):
+            await reader
+
+    run(loop, main())
+
+
+def test_sock_sendfile(loop, tcp_pair, tmp_path):
+    a, b = tcp_pair
+    data = payload(3 * 1024 * 1024)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+
+    async def main():
+        with open(path, "rb") as f:
+            receiver = loop.create_task(drain_until_quiet(loop, b, 0.5))
+            assert await loop.sock_sendfile(a, f, 100, 2 * 1024 * 1024) == 2 * 1024 * 1024
+            assert f.tell() == 100 + 2 * 1024 * 1024
+            a.shutdown(socket.SHUT_WR)
+            return await receiver
+
+    assert run(loop, main()) == data[100 : 100 + 2 * 1024 * 1024]
+
+
+@pytest.mark.parametrize(
+    "text, args",
+    [(True, ()), (False, (-1,)), (False, ("0",)), (False, (0, 0)), (False, (0, 1.5))],
+    ids=["text-file", "negative-offset", "str-offset", "zero-count", "float-count"],
+)
+def test_sock_sendfile_parameter_checks(tcp_pair, tmp_path, assert_same_error, text, args):
+    a, _ = tcp_pair
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"content")
+    with open(path, "r" if text else "rb") as f:
+        exc = assert_same_error(lambda lp: lp.run_until_complete(lp.sock_sendfile(a, f, *args)))
+    assert isinstance(exc, (ValueError, TypeError))
+
+
+def test_sock_sendfile_needs_a_stream_socket(tmp_path, assert_same_error):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"content")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, open(path, "rb") as f:
+        udp.setblocking(False)
+        exc = assert_same_error(lambda lp: lp.run_until_complete(lp.sock_sendfile(udp, f)))
+    assert isinstance(exc, ValueError)
+
+
+SOCK_CALLS = {
+    "sock_recv": lambda lp, s: lp.sock_recv(s, 10),
+    "sock_recv_into": lambda lp, s: lp.sock_recv_into(s, bytearray(10)),
+    "sock_recvfrom": lambda lp, s: lp.sock_recvfrom(s, 10),
+    "sock_recvfrom_into": lambda lp, s: lp.sock_recvfrom_into(s, bytearray(10)),
+    "sock_sendall": lambda lp, s: lp.sock_sendall(s, b"x"),
+    "sock_sendto": lambda lp, s: lp.sock_sendto(s, b"x", ("127.0.0.1", 9)),
+    "sock_connect": lambda lp, s: lp.sock_connect(s, ("127.0.0.1", 9)),
+    "sock_accept": lambda lp, s: lp.sock_accept(s),
+}
+
+
+@pytest.mark.parametrize("name", [*SOCK_CALLS, "sock_sendfile"])
+def test_ssl_sockets_are_rejected(name, assert_same_error, tmp_path):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    sock = context.wrap_socket(
+        socket.socket(), server_hostname="localhost", do_handshake_on_connect=False
+    )
+    sock.setblocking(False)
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"content")
+    try:
+        with open(path, "rb") as f:
+            if name == "sock_sendfile":
+
+                def call(lp, s):
+                    return lp.sock_sendfile(s, f)
+            else:
+                call = SOCK_CALLS[name]
+            exc = assert_same_error(lambda lp: lp.run_until_complete(call(lp, sock)))
+        assert isinstance(exc, TypeError)
+        assert str(exc) == "Socket cannot be of type SSLSocket"
+        assert isinstance(sock, ssl.SSLSocket)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("name", [*SOCK_CALLS, "sock_sendfile"])
+def test_blocking_sockets_are_rejected_in_debug_mode(name, assert_same_error, tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"content")
+    kind = socket.SOCK_DGRAM if "from" in name or "sendto" in name else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock, open(path, "rb") as f:
+        sock.settimeout(None)  # blocking
+        if name == "sock_sendfile":
+
+            def call(lp, s):
+                return lp.sock_sendfile(s, f)
+        else:
+            call = SOCK_CALLS[name]
+
+        def action(lp):
+            lp.set_debug(True)
+            lp.run_until_complete(call(lp, sock))
+
+        exc = assert_same_error(action)
+    assert isinstance(exc, ValueError)
+    assert str(exc) == "the socket must be non-blocking"
+
+
+def test_sock_call_on_a_transport_socket_is_refused(loop):
+    client, server_end = raw_tcp_pair()
+
+    async def main():
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=client)
+        with pytest.raises(RuntimeError, match="^File descriptor .* is used by transport"):
+            await loop.sock_recv(client, 10)
+        transport.close()
+        await iterations()
+
+    run(loop, main())
+    server_end.close()
+
+
+# -- cancellation: no data lost, no watcher left behind ---------------------------------
+
+
+def test_cancelled_sock_recv_loses_nothing(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        await cancelled(loop, loop.sock_recv(b, 100))
+        assert loop.remove_reader(b) is False  # no watcher left behind
+        await cancelled(loop, loop.sock_recv(b, 100))  # and again, on the same fd
+        await loop.sock_sendall(a, b"after cancel")
+        await iterations()
+        assert await loop.sock_recv(b, 100) == b"after cancel"
+
+    run(loop, main())
+
+
+def test_cancelled_sock_recv_into_writes_nothing(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        stale = bytearray(b"-" * 12)
+        await cancelled(loop, loop.sock_recv_into(b, stale))
+        assert loop.remove_reader(b) is False
+        await loop.sock_sendall(a, b"after cancel")
+        await iterations()
+        fresh = bytearray(12)
+        assert await loop.sock_recv_into(b, fresh) == 12
+        assert fresh == b"after cancel"
+        assert stale == b"-" * 12
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["recvfrom", "recvfrom_into"])
+def test_cancelled_sock_recvfrom_loses_no_datagram(loop, udp_pair, into):
+    a, b = udp_pair
+
+    async def main():
+        if into:
+            await cancelled(loop, loop.sock_recvfrom_into(b, bytearray(100)))
+        else:
+            await cancelled(loop, loop.sock_recvfrom(b, 100))
+        assert loop.remove_reader(b) is False
+        await loop.sock_sendto(a, b"kept", b.getsockname())
+        await iterations()
+        assert await loop.sock_recvfrom(b, 100) == (b"kept", a.getsockname())
+
+    run(loop, main())
+
+
+def test_cancelled_sock_sendall_stops_sending(loop, tcp_pair):
+    a, b = tcp_pair
+    data = payload(8 * 1024 * 1024)
+
+    async def main():
+        await cancelled(loop, loop.sock_sendall(a, data))
+        assert loop.remove_writer(a) is False
+        await loop.sock_sendall(a, b"<tail>")
+        return await drain_until_quiet(loop, b)
+
+    received = run(loop, main())
+    assert received.endswith(b"<tail>")
+    sent = len(received) - len(b"<tail>")
+    assert sent < len(data), "the cancelled sock_sendall kept sending"
+    assert received == data[:sent] + b"<tail>"
+
+
+def test_cancelled_sock_sendto_sends_nothing(loop, tmp_path):
+    path = str(tmp_path / "dgram.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+    queued = 0
+    while True:  # fill the receiver's queue until sending would block
+        try:
+            sender.sendto(b"filler", path)
+            queued += 1
+        except BlockingIOError:
+            break
+
+    async def main():
+        await cancelled(loop, loop.sock_sendto(sender, b"cancelled", path))
+        assert loop.remove_writer(sender) is False
+        got = [receiver.recv(100) for _ in range(queued)]
+        await loop.sock_sendto(sender, b"last", path)
+        got.append(await loop.sock_recv(receiver, 100))
+        await iterations()
+        with pytest.raises(BlockingIOError):
+            receiver.recv(100)
+        return got
+
+    try:
+        got = run(loop, main())
+    finally:
+        sender.close()
+        receiver.close()
+    assert got == [b"filler"] * queued + [b"last"]
+
+
+def test_cancelled_sock_connect(loop):
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = []
+        for _ in range(2):  # a listen(0) queue takes one connection; SYNs beyond are dropped
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(full.getsockname())
+            fillers.append(s)
+
+        async def main():
+            client = socket.socket()
+            client.setblocking(False)
+            await cancelled(loop, loop.sock_connect(client, full.getsockname()))
+            assert loop.remove_writer(client) is False
+            client.close()
+            # The loop still connects sockets afterwards.
+            with socket.create_server(("127.0.0.1", 0)) as other:
+                again = socket.socket()
+                again.setblocking(False)
+                await loop.sock_connect(again, other.getsockname())
+                again.close()
+
+        try:
+            run(loop, main())
+        finally:
+            for s in fillers:
+                s.close()
+
+
+def test_cancelled_sock_accept_loses_no_connection(loop, listener):
+    async def main():
+        await cancelled(loop, loop.sock_accept(listener))
+        assert loop.remove_reader(listener) is False
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, listener.getsockname())
+        await iterations()
+        conn, address = await loop.sock_accept(listener)
+        assert address == client.getsockname()
+        conn.close()
+        client.close()
+
+    run(loop, main())
+
+
+def test_cancelled_sock_sendfile_stops_sending(loop, tcp_pair, tmp_path):
+    a, b = tcp_pair
+    data = payload(8 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+
+    async def main():
+        with open(path, "rb") as f:
+            await cancelled(loop, loop.sock_sendfile(a, f))
+        assert loop.remove_writer(a) is False
+        await loop.sock_sendall(a, b"<tail>")
+        return await drain_until_quiet(loop, b)
+
+    received = run(loop, main())
+    assert received.endswith(b"<tail>")
+    sent = len(received) - len(b"<tail>")
+    assert sent < len(data), "the cancelled sock_sendfile kept sending"
+    assert received == data[:sent] + b"<tail>"
