@@ -17,6 +17,9 @@ import pytest
 TIMEOUT = 10.0
 MIB = 1 << 20
 
+# Abstract Unix socket names, the listen backlog and reset timing as Linux has them.
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="Linux socket behaviour")
+
 
 def run(loop, coro, timeout=TIMEOUT):
     """Run `coro` on `loop`; a hang fails the test after `timeout` seconds."""
@@ -464,6 +467,7 @@ def test_cancelled_sock_sendall_sends_a_prefix_then_nothing(loop, tcp_pair, erro
     assert received[:sent] == data[:sent]
 
 
+@linux_only
 def test_cancelled_sock_sendto_sends_nothing(loop, errors):
     a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -542,6 +546,7 @@ def test_cancelled_sock_accept_leaves_the_connection(loop, listener, errors):
     assert not loop.remove_reader(listener)
 
 
+@linux_only
 def test_cancelled_sock_connect(loop, errors):
     # A backlog-0 listener that nobody accepts from takes one connection; the next
     # connect stays in progress (its SYNs are dropped) until cancelled.
@@ -863,7 +868,7 @@ def test_sock_sendfile_datagram_socket(loop, udp_pair, data_file):
             run(loop, loop.sock_sendfile(sock, file))
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="Linux socket buffer behaviour")
+@linux_only
 def test_sock_sendfile_peer_gone(loop, tcp_pair, tmp_path):
     client, server = tcp_pair
     path = tmp_path / "big"
