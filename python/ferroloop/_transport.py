@@ -50,8 +50,9 @@ def _set_nodelay(sock: socket.socket) -> None:
 class SocketTransport(transports.Transport):
     """A stream transport over a connected, non-blocking TCP or Unix socket."""
 
-    # loop.sendfile may use os.sendfile on the socket.
+    # loop.sendfile may use os.sendfile on the socket; loop.start_tls may wrap it in TLS.
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _start_tls_compatible = True
 
     def __init__(
         self,
