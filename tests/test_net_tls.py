@@ -1,0 +1,387 @@
+"""TLS: ssl= on connections and servers (TCP and Unix), start_tls, timeouts, extra info.
+
+The certificate is self-signed and generated for the session with the openssl tool.
+"""
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+from net_support import (
+    TLS,
+    Capturing,
+    Echo,
+    Recorder,
+    payload,
+    raw_tcp_pair,
+    run,
+    tcp_connection,
+)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return TLS(str(tmp_path_factory.mktemp("tls")))
+
+
+async def tls_connection(loop, tls, server_protocol=None, client_protocol=None, **client_kwargs):
+    capture = Capturing(loop, server_protocol or (lambda: Recorder(loop)))
+    server = await loop.create_server(capture, "127.0.0.1", 0, ssl=tls.server())
+    port = server.sockets[0].getsockname()[1]
+    client_kwargs.setdefault("server_hostname", "localhost")
+    transport, protocol = await loop.create_connection(
+        client_protocol or (lambda: Recorder(loop)),
+        "127.0.0.1",
+        port,
+        ssl=client_kwargs.pop("ssl", None) or tls.client(),
+        **client_kwargs,
+    )
+    peer = await capture.first()
+    if isinstance(peer, Recorder):
+        await peer.made
+    return server, transport, protocol, peer
+
+
+async def finish(server, *pairs):
+    for transport, protocol in pairs:
+        transport.close()
+        await protocol.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("size", [1, 64 * 1024, 4 * 1024 * 1024], ids=["1B", "64KiB", "4MiB"])
+def test_tls_echo(loop, tls, size):
+    data = payload(size)
+
+    async def main():
+        server, transport, protocol, _ = await tls_connection(loop, tls, Echo)
+        transport.write(data)
+        received = await protocol.received(size)
+        await finish(server, (transport, protocol))
+        return received, protocol
+
+    received, protocol = run(loop, main())
+    assert received == data
+    assert protocol.events[:2] == ["made", "data"]
+    assert protocol.events[-1] == "lost"
+    assert protocol.lost.result() is None
+
+
+def test_tls_server_hostname_defaults_to_the_host(loop, tls):
+    async def main():
+        server, transport, protocol, _ = await tls_connection(loop, tls, Echo, server_hostname=None)
+        transport.write(b"ip address in the certificate")
+        assert await protocol.received(29) == b"ip address in the certificate"
+        await finish(server, (transport, protocol))
+
+    run(loop, main())
+
+
+def test_tls_extra_info(loop, tls):
+    async def main():
+        client_context = tls.client()
+        server, transport, protocol, peer = await tls_connection(loop, tls, ssl=client_context)
+        assert isinstance(transport, asyncio.Transport)
+        assert transport.get_extra_info("sslcontext") is client_context
+        ssl_object = transport.get_extra_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLObject)
+        assert ssl_object.server_hostname == "localhost"
+        peercert = transport.get_extra_info("peercert")
+        assert ((("commonName", "localhost"),)) in peercert["subject"]
+        cipher = transport.get_extra_info("cipher")
+        assert cipher == ssl_object.cipher()
+        assert isinstance(cipher[0], str)
+        assert transport.get_extra_info("compression") == ssl_object.compression()
+        assert isinstance(transport.get_extra_info("socket"), asyncio.trsock.TransportSocket)
+        port = server.sockets[0].getsockname()[1]
+        assert transport.get_extra_info("peername") == ("127.0.0.1", port)
+        assert transport.get_extra_info("sockname")[0] == "127.0.0.1"
+        assert transport.can_write_eof() is False
+        with pytest.raises(NotImplementedError):
+            transport.write_eof()
+        server_side = peer.transport
+        assert isinstance(server_side.get_extra_info("ssl_object"), ssl.SSLObject)
+        assert server_side.get_extra_info("peercert") is None  # no client certificate
+        assert server_side.get_extra_info("cipher") == cipher
+        await finish(server, (transport, protocol))
+
+    run(loop, main())
+
+
+def test_tls_close_reaches_both_sides(loop, tls):
+    async def main():
+        server, transport, protocol, peer = await tls_connection(loop, tls)
+        transport.write(b"bye")
+        await peer.received(3)
+        transport.close()
+        assert transport.is_closing()
+        assert await protocol.lost is None
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return peer
+
+    peer = run(loop, main())
+    assert peer.data == b"bye"
+    assert peer.events[0] == "made" and peer.events[-1] == "lost"
+
+
+def test_tls_unix(loop, tls, tmp_path):
+    path = str(tmp_path / "tls.sock")
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path, ssl=tls.server())
+        transport, protocol = await loop.create_unix_connection(
+            lambda: Recorder(loop), path, ssl=tls.client(), server_hostname="localhost"
+        )
+        assert isinstance(transport.get_extra_info("ssl_object"), ssl.SSLObject)
+        transport.write(b"secret over unix")
+        assert await protocol.received(16) == b"secret over unix"
+        await finish(server, (transport, protocol))
+
+    run(loop, main())
+
+
+def test_untrusted_certificate_fails_the_handshake(loop, tls):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=tls.server())
+        port = server.sockets[0].getsockname()[1]
+        untrusting = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts no one
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", port, ssl=untrusting, server_hostname="localhost"
+            )
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", port, ssl=tls.client(), server_hostname="other.test"
+            )
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_start_tls_upgrades_a_plain_connection(loop, tls):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        transport.write(b"STARTTLS\n")
+        assert await peer.received(9) == b"STARTTLS\n"
+        server_tls, client_tls = await asyncio.gather(
+            loop.start_tls(peer.transport, peer, tls.server(), server_side=True),
+            loop.start_tls(transport, protocol, tls.client(), server_hostname="localhost"),
+        )
+        assert isinstance(client_tls, asyncio.Transport)
+        assert isinstance(client_tls.get_extra_info("ssl_object"), ssl.SSLObject)
+        assert client_tls.get_extra_info("peercert") is not None
+        assert client_tls.get_protocol() is protocol
+        client_tls.write(b"now encrypted")
+        assert await peer.received(9 + 13) == b"STARTTLS\nnow encrypted"
+        server_tls.write(b"ok")
+        assert await protocol.received(2) == b"ok"
+        client_tls.close()
+        await protocol.lost
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_stream_start_tls(loop, tls):
+    async def handler(reader, writer):
+        assert await reader.readline() == b"STARTTLS\n"
+        writer.write(b"go ahead\n")
+        await writer.drain()
+        await writer.start_tls(tls.server())
+        line = await reader.readline()
+        writer.write(line.upper())
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"go ahead\n"
+        await writer.start_tls(tls.client(), server_hostname="localhost")
+        assert writer.get_extra_info("ssl_object") is not None
+        writer.write(b"whisper\n")
+        assert await reader.readline() == b"WHISPER\n"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_streams_over_tls(loop, tls):
+    async def handler(reader, writer):
+        writer.write(await reader.readexactly(1 << 20))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls.server())
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client(), server_hostname="localhost"
+        )
+        data = payload(1 << 20)
+        writer.write(data)
+        await writer.drain()
+        assert await reader.readexactly(len(data)) == data
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_client_handshake_timeout(tls, assert_same_error):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+
+        def action(lp):
+            started = time.monotonic()
+            try:
+                lp.run_until_complete(
+                    asyncio.wait_for(
+                        lp.create_connection(
+                            asyncio.Protocol,
+                            "127.0.0.1",
+                            port,
+                            ssl=tls.client(),
+                            server_hostname="localhost",
+                            ssl_handshake_timeout=0.2,
+                        ),
+                        10,
+                    )
+                )
+            finally:
+                assert time.monotonic() - started < 5
+
+        exc = assert_same_error(action)
+    assert isinstance(exc, ConnectionAbortedError)
+
+
+def test_server_handshake_timeout(loop, tls):
+    async def main():
+        capture = Capturing(loop, lambda: Recorder(loop))
+        server = await loop.create_server(
+            capture, "127.0.0.1", 0, ssl=tls.server(), ssl_handshake_timeout=0.2
+        )
+        port = server.sockets[0].getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))  # never starts the handshake
+        client.settimeout(5)
+        started = loop.time()
+
+        def wait_for_close():
+            try:
+                return client.recv(100)
+            except ConnectionResetError:
+                return b""
+
+        assert await loop.run_in_executor(None, wait_for_close) == b""
+        elapsed = loop.time() - started
+        client.close()
+        server.close()
+        await server.wait_closed()
+        return elapsed, capture
+
+    elapsed, capture = run(loop, main())
+    assert 0.1 < elapsed < 4
+    assert all(not p.made.done() for p in capture.protocols)
+
+
+def test_shutdown_timeout_when_the_peer_never_answers(loop, tls):
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def mute_peer():
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        with tls.server().wrap_socket(conn, server_side=True) as tls_conn:
+            tls_conn.recv(5)  # completes the handshake, reads the greeting
+            release.wait(10)  # then never reads the close_notify nor answers it
+
+    thread = threading.Thread(target=mute_peer)
+    thread.start()
+
+    async def main():
+        transport, protocol = await loop.create_connection(
+            lambda: Recorder(loop),
+            "127.0.0.1",
+            listener.getsockname()[1],
+            ssl=tls.client(),
+            server_hostname="localhost",
+            ssl_shutdown_timeout=0.3,
+        )
+        transport.write(b"hello")
+        started = loop.time()
+        transport.close()
+        await protocol.lost
+        return loop.time() - started
+
+    try:
+        elapsed = run(loop, main())
+    finally:
+        release.set()
+        thread.join(10)
+        listener.close()
+    assert 0.2 < elapsed < 4
+
+
+def test_ssl_argument_errors(assert_same_error, tls):
+    def connect(**kwargs):
+        kwargs.setdefault("host", "127.0.0.1")
+        kwargs.setdefault("port", 1)
+        return lambda lp: lp.run_until_complete(lp.create_connection(asyncio.Protocol, **kwargs))
+
+    with socket.socket() as sock:
+        for action in [
+            connect(server_hostname="localhost"),
+            connect(ssl_handshake_timeout=1),
+            connect(ssl_shutdown_timeout=1),
+            connect(host=None, port=None, sock=sock, ssl=tls.client()),
+            lambda lp: lp.run_until_complete(
+                lp.create_server(Echo, "127.0.0.1", 0, ssl_shutdown_timeout=1)
+            ),
+            lambda lp: lp.run_until_complete(
+                lp.create_unix_connection(asyncio.Protocol, "/nonexistent", ssl=tls.client())
+            ),
+        ]:
+            assert isinstance(assert_same_error(action), ValueError)
+    exc = assert_same_error(
+        lambda lp: lp.run_until_complete(lp.create_server(Echo, "127.0.0.1", 0, ssl=True))
+    )
+    assert isinstance(exc, TypeError)
+
+
+def test_start_tls_argument_errors(assert_same_error):
+    def on_transport(lp, **kwargs):
+        client, server_end = raw_tcp_pair()
+
+        async def main():
+            transport, protocol = await lp.create_connection(asyncio.Protocol, sock=client)
+            try:
+                await lp.start_tls(transport, protocol, **kwargs)
+            finally:
+                transport.close()
+                await asyncio.sleep(0)
+
+        try:
+            lp.run_until_complete(main())
+        finally:
+            server_end.close()
+
+    exc = assert_same_error(lambda lp: on_transport(lp, sslcontext="not a context"))
+    assert isinstance(exc, TypeError)
