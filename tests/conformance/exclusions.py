@@ -47,6 +47,10 @@ TESTS: dict[str, str] = {
         {
             "test_internal_fds": "white-box: the selector loop's self-pipe (_internal_fds, _ssock)",
             "test_timeout_rounding": _private("_run_once (counts iterations), _clock_resolution"),
+            "test_create_server_multiple_hosts_ipv4": "white-box: its helper mocks the socket "
+            "module inside asyncio.base_events and the loop's _start_serving",
+            "test_create_server_multiple_hosts_ipv6": "white-box: its helper mocks the socket "
+            "module inside asyncio.base_events and the loop's _start_serving",
             "test_prompt_cancellation": "white-box: ends with the selector loop's _stop_serving()",
         },
     ),
