@@ -4,6 +4,12 @@ A benchmark is a function ``body(loop, n) -> seconds`` that does ``n`` operation
 and returns the wall time they took (``time.perf_counter``), excluding its own setup.
 Register it with ``@benchmark(...)`` in any ``benchmarks/bench_*.py`` module: run.py finds
 the module, runs the body in a fresh subprocess per loop and reports ``n / seconds``.
+
+A body that measures more than the time returns a ``Measurement``: the seconds plus the
+values of the ``Metric``s its benchmark declares (e.g. CPU time per operation), which the
+table shows as extra rows under the benchmark's row. A loop that does not implement what a
+body needs raises ``NotImplementedError`` (rloop does for Unix sockets): the table shows
+"unsupported" rather than an error.
 """
 
 from __future__ import annotations
@@ -11,9 +17,26 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-Body = Callable[[asyncio.AbstractEventLoop, int], float]
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure a benchmark reports besides its rate, e.g. server CPU µs per operation."""
+
+    key: str  # the key in Measurement.metrics and in JSON
+    title: str  # the extra row of the table, under the benchmark's row
+    unit: str
+    lower_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float  # the wall time of the n operations
+    metrics: dict[str, float] = field(default_factory=dict)  # Metric.key -> value
+
+
+Body = Callable[[asyncio.AbstractEventLoop, int], "float | Measurement"]
 
 
 @dataclass(frozen=True)
@@ -23,18 +46,21 @@ class Benchmark:
     unit: str  # what is counted per second, e.g. "callbacks/s"
     work: int  # operations in one measurement, sized for ~0.2-0.5 s on the stdlib loop
     body: Body
+    metrics: tuple[Metric, ...] = ()  # what the body's Measurement reports besides the time
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
-def benchmark(name: str, *, title: str, unit: str, work: int) -> Callable[[Body], Body]:
+def benchmark(
+    name: str, *, title: str, unit: str, work: int, metrics: tuple[Metric, ...] = ()
+) -> Callable[[Body], Body]:
     """Register ``body`` as the benchmark ``name``."""
 
     def register(body: Body) -> Body:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} is registered twice")
-        BENCHMARKS[name] = Benchmark(name, title, unit, work, body)
+        BENCHMARKS[name] = Benchmark(name, title, unit, work, body, metrics)
         return body
 
     return register

@@ -7,12 +7,15 @@ Every measurement runs in a fresh subprocess (one loop, one benchmark, a warm-up
 timed run); rounds are interleaved across loops (A B C A B C ...) so drift in the machine's
 speed hits every loop alike. Prints a markdown table of throughput: median (min-max) per
 loop, and the ratios ferroloop/asyncio and ferroloop/uvloop (above 1: ferroloop is faster).
+A benchmark's extra metrics (e.g. server CPU µs per round trip; lower is better) get rows of
+their own, whose ratios are inverted (other/ferroloop), so above 1 still means ferroloop wins.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -24,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import BENCHMARKS, DEFAULT_LOOPS, LoopSpec
+from harness import BENCHMARKS, DEFAULT_LOOPS, LoopSpec, Measurement
 
 HERE = Path(__file__).resolve().parent
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
@@ -76,8 +79,14 @@ def worker(spec_text: str, bench_name: str | None) -> int:
             return 0
         bench = BENCHMARKS[bench_name]
         bench.body(loop, max(1, bench.work // 10))  # warm-up: caches, allocator, lazy imports
-        seconds = bench.body(loop, bench.work)
-        emit({"ops": bench.work, "seconds": seconds})
+        result = bench.body(loop, bench.work)
+        if isinstance(result, Measurement):
+            emit({"ops": bench.work, "seconds": result.seconds, "metrics": result.metrics})
+        else:
+            emit({"ops": bench.work, "seconds": result})
+        return 0
+    except NotImplementedError as exc:
+        emit({"unsupported": f"NotImplementedError: {exc}".rstrip(": ")})
         return 0
     except Exception as exc:
         emit({"error": f"{type(exc).__name__}: {exc}"})
@@ -127,12 +136,26 @@ def summarize(samples: list[float]) -> dict:
     }
 
 
-def cell(stats: dict | None, error: str | None) -> str:
-    if error:
+def cell(entry: dict, stats: dict | None) -> str:
+    if entry.get("error"):
         return "error"
+    if entry.get("unsupported"):
+        return "unsupported"
     if not stats:
         return "–"
     return f"{si(stats['median'])} ({si(stats['min'])}–{si(stats['max'])})"
+
+
+def metric_stats(row: dict, loop_name: str, key: str) -> dict | None:
+    return row["loops"].get(loop_name, {}).get("metrics", {}).get(key)
+
+
+def ratio(a: dict | None, b: dict | None, lower_is_better: bool = False) -> str:
+    """How many times better a's median is than b's (above 1: a is better)."""
+    if not (a and b and a["median"] and b["median"]):
+        return "–"
+    value = b["median"] / a["median"] if lower_is_better else a["median"] / b["median"]
+    return f"{value:.2f}×"
 
 
 def machine_description() -> str:
@@ -154,7 +177,8 @@ def markdown(report: dict) -> str:
     names = [name for name, info in report["loops"].items() if "version" in info]
     out = [
         f"{report['machine']}; {report['rounds']} rounds, a fresh process per measurement.",
-        "Throughput, higher is better: median (min–max).",
+        "Rates, higher is better; ↳ rows (CPU, memory), lower is better: median (min–max).",
+        "Ratio columns: how many times better ferroloop is (above 1: ferroloop is better).",
         "",
         "Loops: "
         + ", ".join(
@@ -168,21 +192,36 @@ def markdown(report: dict) -> str:
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|")
     errors = []
+    unsupported = []
     for row in report["results"]:
         cells = [row["title"], row["unit"]]
         for name in names:
             entry = row["loops"].get(name, {})
-            cells.append(cell(entry.get("stats"), entry.get("error")))
+            cells.append(cell(entry, entry.get("stats")))
             if entry.get("error"):
                 errors.append(f"- {row['name']} on {name}: {entry['error']}")
+            if entry.get("unsupported"):
+                unsupported.append(f"- {row['name']} on {name}: {entry['unsupported']}")
         for a, b in ratio_cols:
-            sa, sb = row["loops"].get(a, {}).get("stats"), row["loops"].get(b, {}).get("stats")
-            cells.append(f"{sa['median'] / sb['median']:.2f}×" if sa and sb else "–")
+            cells.append(
+                ratio(row["loops"].get(a, {}).get("stats"), row["loops"].get(b, {}).get("stats"))
+            )
         out.append("| " + " | ".join(cells) + " |")
+        for metric in row.get("metrics", []):
+            key, lower = metric["key"], metric["lower_is_better"]
+            cells = [f"↳ {metric['title']}", metric["unit"]]
+            cells += [cell(row["loops"].get(n, {}), metric_stats(row, n, key)) for n in names]
+            cells += [
+                ratio(metric_stats(row, a, key), metric_stats(row, b, key), lower)
+                for a, b in ratio_cols
+            ]
+            out.append("| " + " | ".join(cells) + " |")
     missing = [n for n, info in report["loops"].items() if info.get("status") == "missing"]
     if missing:
         out += ["", f"Missing: {', '.join(missing)} (`{INSTALL_HINT}` installs uvloop and rloop)."]
     broken = [f"- {n}: {i['error']}" for n, i in report["loops"].items() if "error" in i]
+    if unsupported:
+        out += ["", "Unsupported:", *unsupported]
     if broken or errors:
         out += ["", "Errors:", *broken, *errors]
     return "\n".join(out)
@@ -192,7 +231,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark ferroloop against other asyncio event loops, side by side."
     )
-    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7 (< 1 min)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7 (< 3 min)")
     parser.add_argument("--rounds", type=int, help="rounds per benchmark and loop")
     parser.add_argument(
         "--bench",
@@ -253,32 +292,44 @@ def main(argv: list[str]) -> int:
     failed = any("error" in info for info in report["loops"].values())
     for bench in benches:
         samples: dict[str, list[float]] = {spec.name: [] for spec in active}
-        errors: dict[str, str] = {}
+        metric_samples: dict[str, dict[str, list[float]]] = {
+            spec.name: {m.key: [] for m in bench.metrics} for spec in active
+        }
+        skipped: dict[str, dict] = {}  # loop -> {"error": ...} or {"unsupported": ...}
         for round_no in range(1, rounds + 1):
             log(f"{bench.name}: round {round_no}/{rounds}")
             for spec in active:
-                if spec.name in errors:
+                if spec.name in skipped:
                     continue
                 result = run_worker(spec, bench.name)
                 if "error" in result:
-                    errors[spec.name] = result["error"]
+                    skipped[spec.name] = {"error": result["error"]}
+                    log(f"{bench.name} on {spec.name}: {result['error']}")
                     failed = True
+                elif "unsupported" in result:
+                    skipped[spec.name] = {"unsupported": result["unsupported"]}
                 else:
                     samples[spec.name].append(result["ops"] / result["seconds"])
+                    for key, values in metric_samples[spec.name].items():
+                        values.append(result["metrics"][key])
+        loops = {}
+        for spec in active:
+            if spec.name in skipped:
+                loops[spec.name] = skipped[spec.name]
+                continue
+            loops[spec.name] = {"stats": summarize(samples[spec.name])}
+            if bench.metrics:
+                loops[spec.name]["metrics"] = {
+                    key: summarize(values) for key, values in metric_samples[spec.name].items()
+                }
         report["results"].append(
             {
                 "name": bench.name,
                 "title": bench.title,
                 "unit": bench.unit,
                 "work": bench.work,
-                "loops": {
-                    spec.name: (
-                        {"error": errors[spec.name]}
-                        if spec.name in errors
-                        else {"stats": summarize(samples[spec.name])}
-                    )
-                    for spec in active
-                },
+                "metrics": [dataclasses.asdict(m) for m in bench.metrics],
+                "loops": loops,
             }
         )
     report["seconds"] = round(time.perf_counter() - started, 1)
