@@ -1,0 +1,253 @@
+/* The echo client of the network benchmarks (bench_net.py builds it with cc; never committed
+ * as a binary). One program for every loop, in its own process, so only the server's loop
+ * varies between measurements and the client never competes for the server's GIL.
+ *
+ *     echo_client tcp HOST PORT SIZE CONNS WARMUP N
+ *     echo_client unix PATH SIZE CONNS WARMUP N
+ *
+ * Two phases, each on its own CONNS fresh connections: a warm-up of WARMUP round trips, then
+ * the timed phase of N round trips. A round trip sends SIZE bytes on a connection and reads
+ * exactly SIZE bytes back, checking they are the bytes sent; each connection has one message
+ * in flight. The connections of a phase are all open before it starts and are closed after
+ * it (the server sees the timed phase as connections CONNS+1 .. 2*CONNS). Prints the seconds
+ * the timed round trips took (CLOCK_MONOTONIC, connects and closes excluded) and exits 0; on
+ * any error prints "error: ..." to stderr and exits 1. Never waits for longer than TIMEOUT
+ * seconds for the server, and ends itself after TOTAL_TIMEOUT seconds in all.
+ *
+ * CONNS == 1: blocking socket, send() then recv() until the echo is complete.
+ * CONNS > 1: non-blocking sockets driven by one epoll instance.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TIMEOUT 20         /* seconds without progress before giving up */
+#define TOTAL_TIMEOUT 110  /* seconds before SIGALRM ends the process, whatever it does */
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static struct sockaddr_storage addr;
+static socklen_t addr_len;
+static int family;
+static size_t size;
+
+static void resolve(int argc, char **argv, int *next) {
+    if (argc > 2 && strcmp(argv[1], "unix") == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&addr;
+        if (strlen(argv[2]) >= sizeof un->sun_path) die("socket path too long");
+        un->sun_family = AF_UNIX;
+        strcpy(un->sun_path, argv[2]);
+        addr_len = sizeof *un;
+        family = AF_UNIX;
+        *next = 3;
+    } else if (argc > 3 && strcmp(argv[1], "tcp") == 0) {
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
+        struct addrinfo *res;
+        int rc = getaddrinfo(argv[2], argv[3], &hints, &res);
+        if (rc) die("getaddrinfo %s %s: %s", argv[2], argv[3], gai_strerror(rc));
+        memcpy(&addr, res->ai_addr, res->ai_addrlen);
+        addr_len = res->ai_addrlen;
+        family = res->ai_family;
+        freeaddrinfo(res);
+        *next = 4;
+    } else {
+        die("usage: echo_client tcp HOST PORT | unix PATH, then SIZE CONNS WARMUP N");
+    }
+}
+
+static int open_connection(void) {
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket: %s", strerror(errno));
+    struct timeval tv = {.tv_sec = TIMEOUT};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (connect(fd, (struct sockaddr *)&addr, addr_len) < 0) die("connect: %s", strerror(errno));
+    return fd;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Every message starts with its sequence number, so a stale or repeated echo is caught. */
+static void stamp(unsigned char *msg, uint64_t seq) { memcpy(msg, &seq, sizeof seq); }
+
+static void check(const unsigned char *sent, const unsigned char *got) {
+    if (memcmp(sent, got, size) != 0) die("the echo differs from the message sent");
+}
+
+/* ------------------------------------------------------------------ one blocking connection */
+
+static double run_single(long rounds, unsigned char *msg, unsigned char *buf) {
+    int fd = open_connection();
+    double start = now();
+    for (long i = 0; i < rounds; i++) {
+        stamp(msg, (uint64_t)i);
+        for (size_t sent = 0; sent < size;) {
+            ssize_t n = send(fd, msg + sent, size - sent, MSG_NOSIGNAL);
+            if (n < 0) die("send: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+            sent += (size_t)n;
+        }
+        for (size_t got = 0; got < size;) {
+            ssize_t n = recv(fd, buf + got, size - got, 0);
+            if (n == 0) die("the server closed the connection");
+            if (n < 0) die("recv: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+            got += (size_t)n;
+        }
+        check(msg, buf);
+    }
+    double elapsed = now() - start;
+    close(fd);
+    return elapsed;
+}
+
+/* --------------------------------------------------- many non-blocking connections, epoll */
+
+struct conn {
+    int fd;
+    size_t sent, got;  /* of the message in flight */
+    uint64_t seq;
+    unsigned char *msg, *buf;
+};
+
+/* Send what the socket takes; 1 when the whole message is out. */
+static int pump_send(struct conn *c) {
+    while (c->sent < size) {
+        ssize_t n = send(c->fd, c->msg + c->sent, size - c->sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN) return 0;
+            die("send: %s", strerror(errno));
+        }
+        c->sent += (size_t)n;
+    }
+    return 1;
+}
+
+static double run_many(int conns, long rounds, unsigned char *pattern) {
+    struct conn *cs = calloc((size_t)conns, sizeof *cs);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!cs || ep < 0) die("setup: %s", strerror(errno));
+    for (int i = 0; i < conns; i++) {
+        cs[i].fd = open_connection();
+        cs[i].msg = malloc(size);
+        cs[i].buf = malloc(size);
+        if (!cs[i].msg || !cs[i].buf) die("out of memory");
+        memcpy(cs[i].msg, pattern, size);
+        if (fcntl(cs[i].fd, F_SETFL, fcntl(cs[i].fd, F_GETFL) | O_NONBLOCK) < 0)
+            die("fcntl: %s", strerror(errno));
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev) < 0) die("epoll_ctl: %s", strerror(errno));
+    }
+    long issued = 0, done = 0;
+    double start = now();
+    /* One message in flight per connection, as long as there are round trips left to issue. */
+    for (int i = 0; i < conns && issued < rounds; i++, issued++) {
+        stamp(cs[i].msg, cs[i].seq);
+        if (!pump_send(&cs[i])) {
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)i};
+            epoll_ctl(ep, EPOLL_CTL_MOD, cs[i].fd, &ev);
+        }
+    }
+    struct epoll_event events[256];
+    while (done < rounds) {
+        int n = epoll_wait(ep, events, 256, TIMEOUT * 1000);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            die("epoll_wait: %s", strerror(errno));
+        }
+        if (n == 0) die("no progress for %d s (%ld of %ld round trips done)", TIMEOUT, done, rounds);
+        for (int e = 0; e < n; e++) {
+            struct conn *c = &cs[events[e].data.u32];
+            if (c->sent < size && pump_send(c)) {
+                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = events[e].data.u32};
+                epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+            }
+            if (!(events[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
+            for (;;) {
+                ssize_t r = recv(c->fd, c->buf + c->got, size - c->got, 0);
+                if (r == 0) die("the server closed a connection");
+                if (r < 0) {
+                    if (errno == EAGAIN) break;
+                    die("recv: %s", strerror(errno));
+                }
+                c->got += (size_t)r;
+                if (c->got < size) continue;
+                check(c->msg, c->buf);
+                done++;
+                c->got = c->sent = 0;
+                if (issued < rounds) {
+                    issued++;
+                    stamp(c->msg, ++c->seq);
+                    if (!pump_send(c)) {
+                        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT,
+                                                 .data.u32 = events[e].data.u32};
+                        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                    }
+                }
+                break;
+            }
+        }
+    }
+    double elapsed = now() - start;
+    for (int i = 0; i < conns; i++) {
+        close(cs[i].fd);
+        free(cs[i].msg);
+        free(cs[i].buf);
+    }
+    close(ep);
+    free(cs);
+    return elapsed;
+}
+
+int main(int argc, char **argv) {
+    alarm(TOTAL_TIMEOUT);
+    int next;
+    resolve(argc, argv, &next);
+    if (argc != next + 4) die("expected SIZE CONNS WARMUP N after the address");
+    long s = atol(argv[next]), conns = atol(argv[next + 1]);
+    long warmup = atol(argv[next + 2]), rounds = atol(argv[next + 3]);
+    if (s < 8 || conns < 1 || conns > 10000 || warmup < 0 || rounds < 1)
+        die("bad SIZE/CONNS/WARMUP/N: %s %s %s %s", argv[next], argv[next + 1], argv[next + 2],
+            argv[next + 3]);
+    size = (size_t)s;
+    unsigned char *msg = malloc(size), *buf = malloc(size);
+    if (!msg || !buf) die("out of memory");
+    for (size_t i = 0; i < size; i++) msg[i] = (unsigned char)(i * 131 + 7);
+    double elapsed;
+    if (conns == 1) {
+        run_single(warmup > 0 ? warmup : 1, msg, buf);
+        elapsed = run_single(rounds, msg, buf);
+    } else {
+        run_many((int)conns, warmup > conns ? warmup : conns, msg);
+        elapsed = run_many((int)conns, rounds, msg);
+    }
+    printf("%.9f\n", elapsed);
+    return 0;
+}
