@@ -262,11 +262,12 @@ impl LoopCore {
         side: Side,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = fileobj.py();
         let fd = fileobj_to_fd(fileobj)?;
         self.check_closed()?;
         let handle = self.make_handle(py, callback, args, None, false)?;
+        let installed = handle.clone_ref(py);
         let outcome = {
             let mut state = lock(&self.state);
             let State {
@@ -282,7 +283,7 @@ impl LoopCore {
                 if let Some(previous) = previous {
                     Handle::cancel(previous.bind(py))?;
                 }
-                Ok(())
+                Ok(installed)
             }
             Err((err, _handle)) => Err(os_error(py, err)),
         }
@@ -726,13 +727,14 @@ impl LoopCore {
     }
 
     /// Start watching `fd` for reading; `callback(*args)` runs while it is readable.
+    /// Returns the handle (as the stdlib's `_add_reader` does; `Loop.add_reader` drops it).
     #[pyo3(signature = (fd, callback, *args))]
     fn add_reader(
         &self,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         self.add_watcher(fd, Side::Read, callback, args)
     }
 
@@ -742,13 +744,14 @@ impl LoopCore {
     }
 
     /// Start watching `fd` for writing; `callback(*args)` runs while it is writable.
+    /// Returns the handle (as the stdlib's `_add_writer` does; `Loop.add_writer` drops it).
     #[pyo3(signature = (fd, callback, *args))]
     fn add_writer(
         &self,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         self.add_watcher(fd, Side::Write, callback, args)
     }
 
