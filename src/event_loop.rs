@@ -34,7 +34,7 @@ use crate::errors::os_error;
 use crate::handle::{closed_loop_error, lock, Handle, TimerHandle, TimerState};
 use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
 use crate::timers::TimerHeap;
-use crate::transport::stream::StreamCore;
+use crate::transport::IoTransport;
 
 /// The longest single poll, as in the stdlib (one day): keeps far deadlines from
 /// overflowing the poll timeout.
@@ -201,16 +201,15 @@ impl LoopCore {
         Ok(timer)
     }
 
-    /// Registers a stream transport's fd for its whole life.
-    pub fn register_stream(&self, py: Python<'_>, core: Py<StreamCore>) -> PyResult<()> {
-        let fd = core.get().fd();
+    /// Registers a transport's fd with the poller.
+    pub fn register_transport(&self, py: Python<'_>, transport: IoTransport) -> PyResult<()> {
         let outcome = {
             let mut state = lock(&self.state);
             let State {
                 watchers, registry, ..
             } = &mut *state;
             match registry {
-                Some(registry) => watchers.add_stream(registry, fd, core),
+                Some(registry) => watchers.add_transport(registry, transport),
                 None => return Err(closed_loop_error()),
             }
         };
@@ -225,8 +224,8 @@ impl LoopCore {
         }
     }
 
-    /// Forgets a stream transport's fd (the transport closes its socket next).
-    pub fn deregister_stream(&self, _py: Python<'_>, fd: RawFd) {
+    /// Forgets a transport's fd (the transport closes its socket next).
+    pub fn deregister_transport(&self, fd: RawFd) {
         let removed = {
             let mut state = lock(&self.state);
             let State {
@@ -234,21 +233,15 @@ impl LoopCore {
             } = &mut *state;
             registry
                 .as_ref()
-                .and_then(|registry| watchers.remove_stream(registry, fd))
+                .and_then(|registry| watchers.remove_transport(registry, fd))
         };
         drop(removed);
     }
 
     /// Queues a transport's readiness to be handled in the next batch.
-    pub fn queue_stream(
-        &self,
-        _py: Python<'_>,
-        core: Py<StreamCore>,
-        readable: bool,
-        writable: bool,
-    ) {
-        lock(&self.state).ready.push_back(Ready::Stream {
-            core,
+    pub fn queue_transport(&self, transport: IoTransport, readable: bool, writable: bool) {
+        lock(&self.state).ready.push_back(Ready::Transport {
+            transport,
             readable,
             writable,
             read_closed: false,
@@ -416,15 +409,14 @@ impl LoopCore {
         while let Some(entry) = batch.pop_front() {
             let handle = match entry {
                 Ready::Callback(handle) => handle,
-                Ready::Stream {
-                    core,
+                Ready::Transport {
+                    transport,
                     readable,
                     writable,
                     read_closed,
                 } => {
                     // Transports report their own errors; only exit exceptions come out.
-                    let outcome =
-                        StreamCore::on_ready(core.bind(py), readable, writable, read_closed);
+                    let outcome = transport.on_ready(py, readable, writable, read_closed);
                     if let Err(err) = outcome {
                         let mut state = lock(&self.state);
                         while let Some(rest) = batch.pop_back() {

@@ -19,15 +19,15 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pyo3::prelude::*;
 
 use crate::handle::Handle;
-use crate::transport::stream::StreamCore;
+use crate::transport::IoTransport;
 
 /// An entry of the loop's ready queue.
 pub enum Ready {
     /// A scheduled callback.
     Callback(Py<Handle>),
-    /// A stream transport whose fd is ready (or that asked to read again).
-    Stream {
-        core: Py<StreamCore>,
+    /// A transport whose fd is ready (or that asked to read again).
+    Transport {
+        transport: IoTransport,
         readable: bool,
         writable: bool,
         /// The peer closed its side (or the socket failed): read on until EOF.
@@ -95,11 +95,11 @@ pub enum Side {
 }
 
 /// The fd → watcher table, kept in step with the registrations in epoll: Python
-/// callbacks (`add_reader`/`add_writer`) or a stream transport, never both on one fd.
+/// callbacks (`add_reader`/`add_writer`) or a transport, never both on one fd.
 #[derive(Default)]
 pub struct FdWatchers {
     watches: HashMap<RawFd, FdWatch>,
-    streams: HashMap<RawFd, Py<StreamCore>>,
+    transports: HashMap<RawFd, IoTransport>,
 }
 
 impl FdWatchers {
@@ -181,9 +181,9 @@ impl FdWatchers {
         let readable = event.is_readable() || event.is_read_closed() || failed;
         let writable = event.is_writable() || event.is_write_closed() || failed;
         let Some(watch) = self.watches.get(&fd) else {
-            if let Some(core) = self.streams.get(&fd) {
-                out.push_back(Ready::Stream {
-                    core: core.clone_ref(py),
+            if let Some(transport) = self.transports.get(&fd) {
+                out.push_back(Ready::Transport {
+                    transport: transport.clone_ref(py),
                     readable,
                     writable,
                     read_closed: event.is_read_closed() || failed,
@@ -201,14 +201,14 @@ impl FdWatchers {
         true
     }
 
-    /// Registers a stream transport's fd, edge-triggered both ways, for its whole life.
-    /// Python watchers left on the fd are replaced; their handles are returned.
-    pub fn add_stream(
+    /// Registers a transport's fd, edge-triggered both ways. Python watchers left on the
+    /// fd are replaced; their handles are returned.
+    pub fn add_transport(
         &mut self,
         registry: &Registry,
-        fd: RawFd,
-        core: Py<StreamCore>,
+        transport: IoTransport,
     ) -> std::io::Result<Vec<Py<Handle>>> {
+        let fd = transport.fd();
         let mut replaced = Vec::new();
         if let Some(watch) = self.watches.remove(&fd) {
             let _ = registry.deregister(&mut SourceFd(&fd));
@@ -217,15 +217,15 @@ impl FdWatchers {
         }
         let interest = Interest::READABLE | Interest::WRITABLE;
         registry.register(&mut SourceFd(&fd), Token(fd as usize), interest)?;
-        self.streams.insert(fd, core);
+        self.transports.insert(fd, transport);
         Ok(replaced)
     }
 
-    /// Forgets a stream transport's fd (before its socket is closed).
-    pub fn remove_stream(&mut self, registry: &Registry, fd: RawFd) -> Option<Py<StreamCore>> {
-        let core = self.streams.remove(&fd)?;
+    /// Forgets a transport's fd (before its socket is closed).
+    pub fn remove_transport(&mut self, registry: &Registry, fd: RawFd) -> Option<IoTransport> {
+        let transport = self.transports.remove(&fd)?;
         let _ = registry.deregister(&mut SourceFd(&fd));
-        Some(core)
+        Some(transport)
     }
 
     /// Re-arms an fd after its callbacks ran, so a still-ready fd is reported again.
@@ -237,18 +237,18 @@ impl FdWatchers {
 
     /// Forgets every watcher and transport, deregistering the fds; returns what it
     /// held, for dropping outside the caller's lock.
-    pub fn clear(&mut self, registry: &Registry) -> (Vec<Py<Handle>>, Vec<Py<StreamCore>>) {
+    pub fn clear(&mut self, registry: &Registry) -> (Vec<Py<Handle>>, Vec<IoTransport>) {
         let mut handles = Vec::new();
         for (fd, watch) in self.watches.drain() {
             let _ = registry.deregister(&mut SourceFd(&fd));
             handles.extend(watch.reader);
             handles.extend(watch.writer);
         }
-        let mut streams = Vec::new();
-        for (fd, core) in self.streams.drain() {
+        let mut transports = Vec::new();
+        for (fd, transport) in self.transports.drain() {
             let _ = registry.deregister(&mut SourceFd(&fd));
-            streams.push(core);
+            transports.push(transport);
         }
-        (handles, streams)
+        (handles, transports)
     }
 }

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._connections import ConnectionsMixin
+from ._datagram_transport import DatagramTransport
 from ._exception_handler import ExceptionHandlerMixin
 from ._ferroloop import LoopCore
 from ._format import check_callback
@@ -201,6 +202,12 @@ class Loop(
     ) -> SocketTransport:
         """A transport over a connected non-blocking socket (see ``SocketTransport``)."""
         return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(
+        self, sock: Any, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
+    ) -> DatagramTransport:
+        """A transport over a bound non-blocking datagram socket (see ``DatagramTransport``)."""
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     # ---- futures and tasks ----------------------------------------------------------
 

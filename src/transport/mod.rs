@@ -1,3 +1,50 @@
 //! Transports: the per-packet halves of asyncio transports, driven by the loop's poller.
 
+pub mod datagram;
 pub mod stream;
+
+use std::os::fd::RawFd;
+
+use pyo3::prelude::*;
+
+use datagram::DatagramCore;
+use stream::StreamCore;
+
+/// A transport registered with the poller: the loop hands it readiness directly, with no
+/// Python callback in between.
+pub enum IoTransport {
+    Stream(Py<StreamCore>),
+    Datagram(Py<DatagramCore>),
+}
+
+impl IoTransport {
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Self::Stream(core) => Self::Stream(core.clone_ref(py)),
+            Self::Datagram(core) => Self::Datagram(core.clone_ref(py)),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Self::Stream(core) => core.get().fd(),
+            Self::Datagram(core) => core.get().fd(),
+        }
+    }
+
+    /// Handles readiness; only exceptions that must stop the loop come out.
+    pub fn on_ready(
+        &self,
+        py: Python<'_>,
+        readable: bool,
+        writable: bool,
+        read_closed: bool,
+    ) -> PyResult<()> {
+        match self {
+            Self::Stream(core) => {
+                StreamCore::on_ready(core.bind(py), readable, writable, read_closed)
+            }
+            Self::Datagram(core) => DatagramCore::on_ready(core.bind(py), readable, writable),
+        }
+    }
+}

@@ -31,6 +31,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
+use crate::transport::IoTransport;
 
 /// How much one read takes at most (the stdlib's `max_size`).
 const READ_CHUNK: usize = 256 * 1024;
@@ -437,7 +438,9 @@ impl StreamCore {
             state.registered = true;
             loop_
         };
-        let outcome = loop_.get().register_stream(py, slf.clone().unbind());
+        let outcome = loop_
+            .get()
+            .register_transport(py, IoTransport::Stream(slf.clone().unbind()));
         if outcome.is_err() {
             slf.get().state().registered = false;
         }
@@ -457,7 +460,7 @@ impl StreamCore {
             state.loop_.as_ref().map(|l| l.clone_ref(py))
         };
         if let Some(loop_) = loop_ {
-            loop_.get().deregister_stream(py, slf.get().fd);
+            loop_.get().deregister_transport(slf.get().fd);
         }
     }
 
@@ -465,9 +468,8 @@ impl StreamCore {
     fn queue_read(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         if let Some(loop_) = slf.get().loop_of(py) {
-            loop_
-                .get()
-                .queue_stream(py, slf.clone().unbind(), true, false);
+            let me = IoTransport::Stream(slf.clone().unbind());
+            loop_.get().queue_transport(me, true, false);
         }
         Ok(())
     }
@@ -992,7 +994,7 @@ impl StreamCore {
             )
         };
         if let (true, Some(loop_)) = (registered, &loop_) {
-            loop_.get().deregister_stream(py, this.fd);
+            loop_.get().deregister_transport(this.fd);
         }
         let closed = match &sock {
             Some(sock) => sock.call_method0(py, "close").map(drop),

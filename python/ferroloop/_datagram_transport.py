@@ -1,0 +1,143 @@
+"""``DatagramTransport``: the ``asyncio.DatagramTransport`` of UDP and Unix datagram sockets.
+
+The per-datagram work is in the Rust ``DatagramCore``; this class gives it the identity
+libraries check and the extra info, and binds the core's methods as its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import warnings
+from asyncio import futures, transports, trsock
+from asyncio.log import logger
+from typing import Any
+
+from ._ferroloop import DatagramCore
+
+_CORE_METHODS = (
+    "sendto",
+    "close",
+    "abort",
+    "is_closing",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "set_write_buffer_limits",
+    "get_protocol",
+    "set_protocol",
+    "_force_close",
+)
+
+# 3.13 sends empty datagrams and counts 8 header bytes per queued one; earlier versions
+# drop empty datagrams and count only the data.
+_SENDS_EMPTY = sys.version_info >= (3, 13)
+_HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
+
+
+class DatagramTransport(transports.DatagramTransport):
+    """A datagram transport over a bound, non-blocking datagram socket."""
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: Any,
+        address: Any = None,
+        waiter: futures.Future | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._loop = loop
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._address = address
+        core = DatagramCore(loop, sock, protocol, self, address, _SENDS_EMPTY, _HEADER_SIZE)
+        self._core = core
+        for name in _CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        core._register()
+        loop._transports[self._sock_fd] = self
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # Class-level spellings of what __init__ binds per instance.
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self._core.sendto(data, addr)
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def __repr__(self) -> str:
+        fd, closed, closing, queued = self._core._describe()
+        info = [type(self).__name__]
+        if closed:
+            info.append("closed")
+        elif closing:
+            info.append("closing")
+        info.append(f"fd={fd}")
+        if not closed:
+            info.append("read=polling")
+            info.append(f"write=<{'polling' if queued else 'idle'}, bufsize={queued}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None and not core._describe()[1]:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+
+    # Called by the core.
+
+    def _report_fatal_error(self, exc: BaseException, message: str) -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+            return
+        self._report_error(message, exc)
+
+    def _report_error(self, message: str, exc: BaseException) -> None:
+        self._loop.call_exception_handler(
+            {
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self.get_protocol(),
+            }
+        )

@@ -1,0 +1,692 @@
+//! `DatagramCore`: the Rust half of a UDP or Unix datagram transport.
+//!
+//! `ferroloop._datagram_transport.DatagramTransport` (an `asyncio.DatagramTransport`) holds
+//! one and binds its methods as its own. Per readiness it receives datagrams until the
+//! socket is empty (at most `DATAGRAMS_PER_TURN`, then it yields to the rest of the loop
+//! and continues next iteration), each handed to `datagram_received(data, addr)`; an
+//! `OSError` from the socket (an ICMP error on a connected socket, say) goes to
+//! `error_received`. `sendto` sends at once when nothing is queued and queues (as an
+//! immutable copy) what the socket refuses, flushed on the next writable edge.
+//!
+//! # Implementation notes
+//! The socket calls go through the socket object's own C methods (`recvfrom`, `send`,
+//! `sendto`), so every address family and address form works exactly as with `socket`;
+//! what is Rust is the dispatch around them. The fd is registered edge-triggered for the
+//! transport's whole life.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
+    PyTypeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::event_loop::LoopCore;
+use crate::handle::lock;
+use crate::transport::IoTransport;
+
+/// The largest datagram read (the stdlib's `max_size`).
+const MAX_DATAGRAM: usize = 256 * 1024;
+/// Datagrams received per readiness before yielding to the rest of the loop.
+const DATAGRAMS_PER_TURN: usize = 64;
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
+
+struct DatagramState {
+    loop_: Option<Py<LoopCore>>,
+    sock: Option<Py<PyAny>>,
+    transport: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    datagram_received: Option<Py<PyAny>>,
+    error_received: Option<Py<PyAny>>,
+    /// The connected peer's address, if the socket is connected (`remote_addr`).
+    address: Option<Py<PyAny>>,
+    queue: VecDeque<(Py<PyBytes>, Option<Py<PyAny>>)>,
+    queued: usize,
+    high_water: usize,
+    low_water: usize,
+    protocol_paused: bool,
+    reading_started: bool,
+    read_pending: bool,
+    closing: bool,
+    conn_lost: u32,
+    registered: bool,
+}
+
+/// The Rust half of a datagram transport (see the module docs).
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct DatagramCore {
+    fd: RawFd,
+    /// 3.13 sends empty datagrams; earlier versions drop them.
+    send_empty: bool,
+    /// Bytes counted per queued datagram on top of its data (3.13 counts a header).
+    header_size: usize,
+    state: Mutex<DatagramState>,
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+fn would_block(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
+}
+
+/// How a socket call went.
+enum Outcome<T> {
+    Done(T),
+    WouldBlock,
+    /// An OSError: the protocol's `error_received` gets it.
+    SocketError(PyErr),
+    /// Anything else: a fatal error of the transport.
+    Fatal(PyErr),
+}
+
+fn classify<T>(py: Python<'_>, result: PyResult<T>) -> Result<Outcome<T>, PyErr> {
+    match result {
+        Ok(value) => Ok(Outcome::Done(value)),
+        Err(err) if is_exit(py, &err) => Err(err),
+        Err(err) if would_block(py, &err) => Ok(Outcome::WouldBlock),
+        Err(err) if err.is_instance_of::<PyOSError>(py) => Ok(Outcome::SocketError(err)),
+        Err(err) => Ok(Outcome::Fatal(err)),
+    }
+}
+
+impl DatagramCore {
+    fn state(&self) -> MutexGuard<'_, DatagramState> {
+        lock(&self.state)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn loop_of(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.state().loop_.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state().sock.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    pub fn on_ready(slf: &Bound<'_, Self>, readable: bool, writable: bool) -> PyResult<()> {
+        if writable {
+            Self::send_queued(slf)?;
+        }
+        if readable {
+            Self::receive(slf)?;
+        }
+        Ok(())
+    }
+
+    fn error_received(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        let callback = slf
+            .get()
+            .state()
+            .error_received
+            .as_ref()
+            .map(|c| c.clone_ref(py));
+        if let Some(callback) = callback {
+            if let Err(raised) = callback.call1(py, (err.into_value(py),)) {
+                if is_exit(py, &raised) {
+                    return Err(raised);
+                }
+                return Self::fatal_error(
+                    slf,
+                    raised,
+                    "Fatal error: protocol.error_received() call failed.",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let transport = slf
+            .get()
+            .state()
+            .transport
+            .as_ref()
+            .map(|t| t.clone_ref(py));
+        if let Some(transport) = transport {
+            transport.call_method1(
+                py,
+                "_report_fatal_error",
+                (err.clone_ref(py).into_value(py), message),
+            )?;
+        }
+        Self::force_close(slf, Some(err))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
+        let (dropped, loop_) = {
+            let mut state = slf.get().state();
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            state.closing = true;
+            state.conn_lost += 1;
+            state.queued = 0;
+            (
+                std::mem::take(&mut state.queue),
+                state.loop_.as_ref().map(|l| l.clone_ref(py)),
+            )
+        };
+        drop(dropped);
+        Self::schedule_connection_lost(slf, loop_, exc)
+    }
+
+    fn schedule_connection_lost(
+        slf: &Bound<'_, Self>,
+        loop_: Option<Py<LoopCore>>,
+        exc: Option<PyErr>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(loop_) = loop_ {
+            let exc = exc.map(|e| e.into_value(py).into_any());
+            let callback = slf.getattr("_call_connection_lost")?;
+            loop_.bind(py).call_method1("call_soon", (callback, exc))?;
+        }
+        Ok(())
+    }
+
+    fn queue_read(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        if let Some(loop_) = slf.get().loop_of(py) {
+            let me = IoTransport::Datagram(slf.clone().unbind());
+            loop_.get().queue_transport(me, true, false);
+        }
+    }
+
+    /// Receives what is waiting (up to a turn's worth) and hands it to the protocol.
+    fn receive(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (sock, datagram_received) = {
+            let mut state = this.state();
+            if state.conn_lost > 0 || state.closing {
+                return Ok(());
+            }
+            if !state.reading_started {
+                state.read_pending = true;
+                return Ok(());
+            }
+            match (&state.sock, &state.datagram_received) {
+                (Some(sock), Some(callback)) => (sock.clone_ref(py), callback.clone_ref(py)),
+                _ => return Ok(()),
+            }
+        };
+        let recvfrom = sock.bind(py).getattr("recvfrom")?;
+        for _ in 0..DATAGRAMS_PER_TURN {
+            if this.state().closing {
+                return Ok(());
+            }
+            match classify(py, recvfrom.call1((MAX_DATAGRAM,)))? {
+                Outcome::Done(pair) => {
+                    let (data, addr): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
+                    if let Err(err) = datagram_received.call1(py, (data, addr)) {
+                        if is_exit(py, &err) {
+                            return Err(err);
+                        }
+                        return Self::fatal_error(
+                            slf,
+                            err,
+                            "Fatal error: protocol.datagram_received() call failed.",
+                        );
+                    }
+                }
+                Outcome::WouldBlock => return Ok(()),
+                Outcome::SocketError(err) => Self::error_received(slf, err)?,
+                Outcome::Fatal(err) => {
+                    return Self::fatal_error(slf, err, "Fatal read error on datagram transport")
+                }
+            }
+        }
+        // Possibly more waiting, and no new edge will say so: go on next iteration.
+        Self::queue_read(slf);
+        Ok(())
+    }
+
+    /// Sends one datagram now: to the connected peer, or to `addr`.
+    fn send_now(
+        py: Python<'_>,
+        sock: &Py<PyAny>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Py<PyAny>>,
+        connected: bool,
+    ) -> PyResult<Outcome<()>> {
+        let result = match (connected, addr) {
+            (true, _) | (false, None) => sock.call_method1(py, "send", (data,)),
+            (false, Some(addr)) => sock.call_method1(py, "sendto", (data, addr)),
+        };
+        classify(py, result.map(drop))
+    }
+
+    /// Flushes queued datagrams on a writable edge.
+    fn send_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        loop {
+            let (sock, data, addr, connected) = {
+                let mut state = this.state();
+                if state.conn_lost > 0 {
+                    return Ok(());
+                }
+                let Some((data, addr)) = state.queue.pop_front() else {
+                    break;
+                };
+                let Some(sock) = state.sock.as_ref().map(|s| s.clone_ref(py)) else {
+                    return Ok(());
+                };
+                state.queued -= data.bind(py).as_bytes().len() + this.header_size;
+                (sock, data, addr, state.address.is_some())
+            };
+            match Self::send_now(py, &sock, data.bind(py).as_any(), addr.as_ref(), connected)? {
+                Outcome::Done(()) => {}
+                Outcome::WouldBlock => {
+                    let mut state = this.state();
+                    state.queued += data.bind(py).as_bytes().len() + this.header_size;
+                    state.queue.push_front((data, addr));
+                    return Ok(());
+                }
+                Outcome::SocketError(err) => return Self::error_received(slf, err),
+                Outcome::Fatal(err) => {
+                    return Self::fatal_error(slf, err, "Fatal write error on datagram transport")
+                }
+            }
+        }
+        Self::maybe_resume_protocol(slf)?;
+        let loop_ = {
+            let mut state = this.state();
+            if !state.closing || !state.queue.is_empty() {
+                return Ok(());
+            }
+            state.conn_lost += 1;
+            state.loop_.as_ref().map(|l| l.clone_ref(py))
+        };
+        Self::schedule_connection_lost(slf, loop_, None)
+    }
+
+    fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut state = slf.get().state();
+            let wanted = if pause {
+                !state.protocol_paused && state.queued > state.high_water
+            } else {
+                state.protocol_paused && state.queued <= state.low_water
+            };
+            if !wanted {
+                return Ok(());
+            }
+            state.protocol_paused = pause;
+            state.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        let method = if pause {
+            "pause_writing"
+        } else {
+            "resume_writing"
+        };
+        if let Err(err) = protocol.call_method0(py, method) {
+            if is_exit(py, &err) {
+                return Err(err);
+            }
+            let transport = slf
+                .get()
+                .state()
+                .transport
+                .as_ref()
+                .map(|t| t.clone_ref(py));
+            if let Some(transport) = transport {
+                transport.call_method1(
+                    py,
+                    "_report_error",
+                    (format!("protocol.{method}() failed"), err.into_value(py)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::flow_control(slf, true)
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::flow_control(slf, false)
+    }
+}
+
+/// An immutable copy of bytes-like `data`, or the stdlib's TypeError.
+fn datagram_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let py = data.py();
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.clone());
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        return Ok(PyBytes::new(
+            py,
+            &data
+                .call_method0("__bytes__")
+                .or_else(|_| data.call_method0("tobytes"))?
+                .extract::<Vec<u8>>()?,
+        ));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {}",
+        data.get_type().name()?.repr()?
+    )))
+}
+
+#[pymethods]
+impl DatagramCore {
+    #[new]
+    #[pyo3(signature = (loop_, sock, protocol, transport, address, send_empty, header_size))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+        address: Option<&Bound<'_, PyAny>>,
+        send_empty: bool,
+        header_size: usize,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err("the socket is closed"));
+        }
+        Ok(Self {
+            fd,
+            send_empty,
+            header_size,
+            state: Mutex::new(DatagramState {
+                loop_: Some(loop_.clone().unbind()),
+                sock: Some(sock.clone().unbind()),
+                transport: Some(transport.clone().unbind()),
+                protocol: Some(protocol.clone().unbind()),
+                datagram_received: Some(protocol.getattr("datagram_received")?.unbind()),
+                error_received: Some(protocol.getattr("error_received")?.unbind()),
+                address: address.filter(|a| !a.is_none()).map(|a| a.clone().unbind()),
+                queue: VecDeque::new(),
+                queued: 0,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                reading_started: false,
+                read_pending: false,
+                closing: false,
+                conn_lost: 0,
+                registered: false,
+            }),
+        })
+    }
+
+    /// Registers the fd with the loop's poller (reading starts with `_start_reading`).
+    fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let Some(loop_) = slf.get().loop_of(py) else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "Event loop is closed",
+            ));
+        };
+        loop_
+            .get()
+            .register_transport(py, IoTransport::Datagram(slf.clone().unbind()))?;
+        slf.get().state().registered = true;
+        Ok(())
+    }
+
+    fn _start_reading(slf: &Bound<'_, Self>) {
+        let pending = {
+            let mut state = slf.get().state();
+            if state.closing {
+                return;
+            }
+            state.reading_started = true;
+            std::mem::replace(&mut state.read_pending, false)
+        };
+        if pending {
+            Self::queue_read(slf);
+        }
+    }
+
+    /// Send `data` to `addr` (or to the connected peer).
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let data = datagram_bytes(data)?;
+        if data.as_bytes().is_empty() && !this.send_empty {
+            return Ok(());
+        }
+        let mut addr = addr.filter(|a| !a.is_none()).map(|a| a.clone().unbind());
+        let (connected, lost, queued_before, sock) = {
+            let state = this.state();
+            (
+                state.address.as_ref().map(|a| a.clone_ref(py)),
+                state.conn_lost,
+                !state.queue.is_empty(),
+                state.sock.as_ref().map(|s| s.clone_ref(py)),
+            )
+        };
+        if let Some(peer) = &connected {
+            if let Some(given) = &addr {
+                if !given.bind(py).eq(peer.bind(py))? {
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid address: must be None or {}",
+                        peer.bind(py).str()?
+                    )));
+                }
+            }
+            addr = Some(peer.clone_ref(py));
+        }
+        if lost > 0 && connected.is_some() {
+            this.state().conn_lost += 1;
+            if lost >= CONNLOST_WRITES_BEFORE_WARNING {
+                py.import("asyncio.log")?
+                    .getattr("logger")?
+                    .call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            return Ok(());
+        }
+        if !queued_before {
+            if let Some(sock) = &sock {
+                match Self::send_now(py, sock, data.as_any(), addr.as_ref(), connected.is_some())? {
+                    Outcome::Done(()) => return Ok(()),
+                    Outcome::WouldBlock => {}
+                    Outcome::SocketError(err) => return Self::error_received(slf, err),
+                    Outcome::Fatal(err) => {
+                        return Self::fatal_error(
+                            slf,
+                            err,
+                            "Fatal write error on datagram transport",
+                        )
+                    }
+                }
+            }
+        }
+        {
+            let mut state = this.state();
+            state.queued += data.as_bytes().len() + this.header_size;
+            state.queue.push_back((data.unbind(), addr));
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let loop_ = {
+            let mut state = slf.get().state();
+            if state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+            if !state.queue.is_empty() {
+                return Ok(());
+            }
+            state.conn_lost += 1;
+            state.loop_.as_ref().map(|l| l.clone_ref(py))
+        };
+        Self::schedule_connection_lost(slf, loop_, None)
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    #[pyo3(signature = (exc=None))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let err = exc
+            .filter(|e| !e.is_none())
+            .map(|e| PyErr::from_value(e.clone()));
+        Self::force_close(slf, err)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.state().closing
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.state().queued
+    }
+
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.low_water, state.high_water)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut state = slf.get().state();
+            state.high_water = high as usize;
+            state.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state().protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let datagram_received = protocol.getattr("datagram_received")?.unbind();
+        let error_received = protocol.getattr("error_received")?.unbind();
+        let old = {
+            let mut state = self.state();
+            (
+                state.protocol.replace(protocol.clone().unbind()),
+                state.datagram_received.replace(datagram_received),
+                state.error_received.replace(error_received),
+            )
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// Runs `connection_lost(exc)`, then closes the socket and lets go of everything.
+    #[pyo3(signature = (exc=None))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = this.state().protocol.as_ref().map(|p| p.clone_ref(py));
+        let outcome = match protocol {
+            Some(protocol) => protocol
+                .call_method1(py, "connection_lost", (exc,))
+                .map(drop),
+            None => Ok(()),
+        };
+        let taken = {
+            let mut state = this.state();
+            (
+                std::mem::replace(&mut state.registered, false),
+                state.loop_.take(),
+                state.sock.take(),
+                state.transport.take(),
+                state.protocol.take(),
+                state.datagram_received.take(),
+                state.error_received.take(),
+                std::mem::take(&mut state.queue),
+            )
+        };
+        let (registered, loop_, sock, ..) = &taken;
+        if let (true, Some(loop_)) = (registered, loop_) {
+            loop_.get().deregister_transport(this.fd);
+        }
+        let closed = match sock {
+            Some(sock) => sock.call_method0(py, "close").map(drop),
+            None => Ok(()),
+        };
+        drop(taken);
+        outcome.and(closed)
+    }
+
+    /// (fd, closed, closing, queued bytes) for the transport's repr.
+    fn _describe(&self) -> (RawFd, bool, bool, usize) {
+        let state = self.state();
+        (self.fd, state.sock.is_none(), state.closing, state.queued)
+    }
+
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.sock(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(state) = self.state.try_lock() else {
+            return Ok(());
+        };
+        visit.call(&state.sock)?;
+        visit.call(&state.transport)?;
+        visit.call(&state.protocol)?;
+        visit.call(&state.datagram_received)?;
+        visit.call(&state.error_received)?;
+        visit.call(&state.address)?;
+        for (data, addr) in &state.queue {
+            visit.call(data)?;
+            visit.call(addr)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = {
+            let mut state = self.state();
+            (
+                state.sock.take(),
+                state.transport.take(),
+                state.protocol.take(),
+                state.datagram_received.take(),
+                state.error_received.take(),
+                state.address.take(),
+                std::mem::take(&mut state.queue),
+            )
+        };
+        drop(taken);
+    }
+}
