@@ -281,3 +281,59 @@ def test_pause_and_resume_reading_on_a_closed_transport(loop):
         await server.wait_closed()
 
     run(loop, main())
+
+
+class PausesWithin(Recorder):
+    """Pauses reading from inside `where` ("connection_made" or "data_received")."""
+
+    def __init__(self, loop, where):
+        super().__init__(loop)
+        self.where = where
+        self.calls_while_paused = 0
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if self.where == "connection_made":
+            transport.pause_reading()
+
+    def data_received(self, data):
+        if not self.transport.is_reading():
+            self.calls_while_paused += 1
+        super().data_received(data)
+        if self.where == "data_received":
+            self.transport.pause_reading()
+
+
+@pytest.mark.parametrize("where", ["connection_made", "data_received"])
+def test_pause_reading_from_a_protocol_callback_takes_effect_at_once(loop, where):
+    data = payload(2 * 1024 * 1024)
+
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(
+            loop, client_protocol=lambda: PausesWithin(loop, where)
+        )
+        peer.transport.write(data)
+        if where == "data_received":
+            await protocol.received(1)
+        for _ in range(20):
+            await asyncio.sleep(0.002)
+        delivered = len(protocol.data)
+        assert transport.is_reading() is False
+        # Resume one chunk at a time: each resume delivers, each delivery pauses again.
+        while len(protocol.data) < len(data):
+            before = len(protocol.data)
+            transport.resume_reading()
+            await protocol.received(before + 1)
+            if where == "connection_made":
+                break
+        received = await protocol.received(len(data))
+        await shutdown(server, (transport, protocol), (peer.transport, peer))
+        return delivered, received, protocol
+
+    delivered, received, protocol = run(loop, main())
+    if where == "connection_made":
+        assert delivered == 0
+    else:
+        assert 0 < delivered < len(data)
+    assert protocol.calls_while_paused == 0
+    assert received == data

@@ -397,3 +397,86 @@ def test_unclosed_transport_warns_when_collected(loop):
     server_end.settimeout(TIMEOUT)
     assert server_end.recv(10) == b""
     server_end.close()
+
+
+def test_connection_made_runs_before_the_connection_is_returned(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        port = server.sockets[0].getsockname()[1]
+        # tcp_connection awaited the server side; a fresh client is checked on return.
+        transport2, protocol2 = await loop.create_connection(
+            lambda: Recorder(loop), "127.0.0.1", port
+        )
+        assert protocol2.events == ["made"]
+        assert protocol2.transport is transport2
+        await shutdown(server, (transport, protocol), (transport2, protocol2))
+        await peer.lost
+
+    run(loop, main())
+
+
+class ClosesWithin(Recorder):
+    """Calls `action` ("close" or "abort") on its transport in the first data_received."""
+
+    def __init__(self, loop, action):
+        super().__init__(loop)
+        self.action = action
+
+    def data_received(self, data):
+        super().data_received(data)
+        getattr(self.transport, self.action)()
+
+
+@pytest.mark.parametrize("action", ["close", "abort"])
+def test_closing_from_data_received_stops_delivery(loop, action):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(
+            loop, client_protocol=lambda: ClosesWithin(loop, action)
+        )
+        peer.transport.write(payload(4 * 1024 * 1024))
+        peer.transport.write_eof()
+        assert await protocol.lost is None
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return protocol
+
+    protocol = run(loop, main())
+    assert protocol.events == ["made", "data", "lost"]
+    assert len(protocol.data) < 4 * 1024 * 1024
+
+
+class SwapsWithin(Recorder):
+    """Hands the transport to `successor` from inside its first data_received."""
+
+    def __init__(self, loop, successor):
+        super().__init__(loop)
+        self.successor = successor
+
+    def data_received(self, data):
+        super().data_received(data)
+        if self.transport.get_protocol() is self:
+            self.transport.set_protocol(self.successor)
+            self.successor.transport = self.transport
+
+
+def test_set_protocol_from_data_received(loop):
+    data = payload(2 * 1024 * 1024)
+
+    async def main():
+        successor = Recorder(loop)
+        server, transport, first, peer = await tcp_connection(
+            loop, client_protocol=lambda: SwapsWithin(loop, successor)
+        )
+        peer.transport.write(data)
+        peer.transport.write_eof()
+        await successor.lost
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return first, successor
+
+    first, successor = run(loop, main())
+    assert first.events == ["made", "data"]
+    assert bytes(first.data) + bytes(successor.data) == data
+    assert successor.events[-2:] == ["eof", "lost"]

@@ -385,3 +385,76 @@ def test_start_tls_argument_errors(assert_same_error):
 
     exc = assert_same_error(lambda lp: on_transport(lp, sslcontext="not a context"))
     assert isinstance(exc, TypeError)
+
+
+def test_tls_close_flushes_pending_data(loop, tls):
+    data = payload(4 * 1024 * 1024)
+
+    async def main():
+        server, transport, protocol, peer = await tls_connection(loop, tls)
+        transport.write(data)
+        transport.close()
+        assert await protocol.lost is None
+        received = await peer.received(len(data) + 1)
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return received
+
+    assert run(loop, main()) == data
+
+
+def test_tls_pause_and_resume_reading(loop, tls):
+    async def main():
+        server, transport, protocol, peer = await tls_connection(loop, tls)
+        transport.pause_reading()
+        assert transport.is_reading() is False
+        peer.transport.write(b"held back")
+        for _ in range(20):
+            await asyncio.sleep(0.002)
+        assert protocol.data == b""
+        transport.resume_reading()
+        assert transport.is_reading() is True
+        assert await protocol.received(9) == b"held back"
+        await finish(server, (transport, protocol))
+
+    run(loop, main())
+
+
+class BufferedSink(asyncio.BufferedProtocol):
+    def __init__(self, loop, expected):
+        self.buffer = bytearray(1000)
+        self.data = bytearray()
+        self.expected = expected
+        self.done = loop.create_future()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        # A memoryview: the stdlib's SSL layer fills the buffer through slices of it.
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes):
+        self.data += self.buffer[:nbytes]
+        if len(self.data) >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_tls_with_a_buffered_protocol(loop, tls):
+    data = payload(512 * 1024)
+
+    async def main():
+        server, transport, protocol, _ = await tls_connection(
+            loop, tls, Echo, lambda: BufferedSink(loop, len(data))
+        )
+        transport.write(data)
+        await protocol.done
+        await finish(server, (transport, protocol))
+        return bytes(protocol.data)
+
+    assert run(loop, main()) == data
