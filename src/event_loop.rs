@@ -416,7 +416,19 @@ impl LoopCore {
                     read_closed,
                 } => {
                     // Transports report their own errors; only exit exceptions come out.
-                    let outcome = transport.on_ready(py, readable, writable, read_closed);
+                    let mut outcome = transport.on_ready(py, readable, writable, read_closed);
+                    if let Err(err) = outcome {
+                        // A transport bug must not stop the loop: report it like a callback's.
+                        outcome = if is_exit_exception(py, &err) {
+                            Err(err)
+                        } else {
+                            let context = PyDict::new(py);
+                            context.set_item("message", "Exception in transport I/O")?;
+                            context.set_item("exception", err.into_value(py))?;
+                            slf.call_method1("call_exception_handler", (context,))
+                                .map(drop)
+                        };
+                    }
                     if let Err(err) = outcome {
                         let mut state = lock(&self.state);
                         while let Some(rest) = batch.pop_back() {

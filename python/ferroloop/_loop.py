@@ -26,6 +26,7 @@ from ._format import check_callback
 from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
 from ._sock import SockMixin
+from ._subprocess import SubprocessMixin
 from ._transport import SocketTransport
 
 # The stdlib's depth for coroutine origin tracking in debug mode.
@@ -46,6 +47,7 @@ class Loop(
     ConnectionsMixin,
     SockMixin,
     SendfileMixin,
+    SubprocessMixin,
     SignalsMixin,
     ExceptionHandlerMixin,
     events.AbstractEventLoop,

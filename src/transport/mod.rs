@@ -1,6 +1,8 @@
 //! Transports: the per-packet halves of asyncio transports, driven by the loop's poller.
 
 pub mod datagram;
+pub mod io;
+pub mod pipe;
 pub mod stream;
 
 use std::os::fd::RawFd;
@@ -8,6 +10,7 @@ use std::os::fd::RawFd;
 use pyo3::prelude::*;
 
 use datagram::DatagramCore;
+use pipe::PipeCore;
 use stream::StreamCore;
 
 /// A transport registered with the poller: the loop hands it readiness directly, with no
@@ -15,6 +18,7 @@ use stream::StreamCore;
 pub enum IoTransport {
     Stream(Py<StreamCore>),
     Datagram(Py<DatagramCore>),
+    Pipe(Py<PipeCore>),
 }
 
 impl IoTransport {
@@ -22,6 +26,7 @@ impl IoTransport {
         match self {
             Self::Stream(core) => Self::Stream(core.clone_ref(py)),
             Self::Datagram(core) => Self::Datagram(core.clone_ref(py)),
+            Self::Pipe(core) => Self::Pipe(core.clone_ref(py)),
         }
     }
 
@@ -29,6 +34,7 @@ impl IoTransport {
         match self {
             Self::Stream(core) => core.get().fd(),
             Self::Datagram(core) => core.get().fd(),
+            Self::Pipe(core) => core.get().fd(),
         }
     }
 
@@ -45,6 +51,7 @@ impl IoTransport {
                 StreamCore::on_ready(core.bind(py), readable, writable, read_closed)
             }
             Self::Datagram(core) => DatagramCore::on_ready(core.bind(py), readable, writable),
+            Self::Pipe(core) => PipeCore::on_ready(core.bind(py), readable, writable, read_closed),
         }
     }
 }

@@ -17,7 +17,6 @@
 //! stops acting on readable edges (noting that one came). State is behind a mutex that is
 //! never held while Python code runs (protocol callbacks call back into the transport).
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
@@ -31,21 +30,13 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
+use crate::transport::io::{recv_into, send_chunks, Received, Syscalls, READ_BUFFER, READ_CHUNK};
 use crate::transport::IoTransport;
 
-/// How much one read takes at most (the stdlib's `max_size`).
-const READ_CHUNK: usize = 256 * 1024;
 /// The stdlib's default high-water mark; the low one is a quarter of it.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// After this many writes to a lost connection, each further one logs a warning.
 const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
-/// At most this many queued chunks go into one `sendmsg`.
-const MAX_IOVECS: usize = 64;
-
-thread_local! {
-    /// One read buffer per loop thread, shared by all its transports.
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
-}
 
 /// The protocol and the methods the hot paths call, looked up once per `set_protocol`.
 struct ProtocolCalls {
@@ -109,66 +100,6 @@ enum Written {
     ToLostConnection(u32),
     Sent,
     Failed(std::io::Error),
-}
-
-/// What `recv` gave.
-enum Received {
-    Data(usize),
-    Eof,
-    WouldBlock,
-    Failed(std::io::Error),
-}
-
-fn recv_into(fd: RawFd, buf: &mut [u8]) -> Received {
-    loop {
-        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the call.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n > 0 {
-            return Received::Data(n as usize);
-        }
-        if n == 0 {
-            return Received::Eof;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Received::WouldBlock,
-            _ => return Received::Failed(err),
-        }
-    }
-}
-
-/// Sends what it can of `chunks` (the first one from `skip`) in one `sendmsg`.
-fn send_chunks<'a>(
-    fd: RawFd,
-    chunks: impl Iterator<Item = &'a [u8]>,
-    skip: usize,
-) -> std::io::Result<usize> {
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOVECS);
-    for (i, chunk) in chunks.take(MAX_IOVECS).enumerate() {
-        let chunk = if i == 0 { &chunk[skip..] } else { chunk };
-        iov.push(libc::iovec {
-            iov_base: chunk.as_ptr() as *mut libc::c_void,
-            iov_len: chunk.len(),
-        });
-    }
-    loop {
-        // SAFETY: a zeroed msghdr is valid; it points at `iov`, whose entries point into
-        // chunks that outlive the call. MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
-        let n = unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = iov.len() as _;
-            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }
 
 impl StreamCore {
@@ -284,10 +215,11 @@ impl StreamCore {
     fn read_into_bytes(slf: &Bound<'_, Self>, data_received: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let (received, data) = READ_BUFFER.with_borrow_mut(|buf| match recv_into(fd, buf) {
-            Received::Data(n) => (Received::Data(n), Some(PyBytes::new(py, &buf[..n]))),
-            other => (other, None),
-        });
+        let (received, data) =
+            READ_BUFFER.with_borrow_mut(|buf| match recv_into(Syscalls::Socket, fd, buf) {
+                Received::Data(n) => (Received::Data(n), Some(PyBytes::new(py, &buf[..n]))),
+                other => (other, None),
+            });
         match received {
             Received::Data(n) => {
                 Self::read_again_if_more(slf, n, READ_CHUNK)?;
@@ -339,7 +271,7 @@ impl StreamCore {
                     std::slice::from_raw_parts_mut(view.buf_ptr().cast::<u8>(), view.len_bytes())
                 };
                 capacity = target.len();
-                let received = recv_into(fd, target);
+                let received = recv_into(Syscalls::Socket, fd, target);
                 drop(view);
                 Ok(received)
             }
@@ -484,6 +416,7 @@ impl StreamCore {
                 return Ok(());
             }
             let sent = send_chunks(
+                Syscalls::Socket,
                 this.fd,
                 state.queue.iter().map(Vec::as_slice),
                 state.front_sent,
@@ -765,7 +698,7 @@ impl StreamCore {
             }
             let mut sent = 0;
             if state.queue.is_empty() {
-                match send_chunks(this.fd, std::iter::once(bytes), 0) {
+                match send_chunks(Syscalls::Socket, this.fd, std::iter::once(bytes), 0) {
                     Ok(n) => sent = n,
                     Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(err) => return Written::Failed(err),

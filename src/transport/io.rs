@@ -1,0 +1,94 @@
+//! The syscalls transports read and write with, and the loop thread's read buffer.
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+
+/// How much one read takes at most (the stdlib's `max_size`).
+pub const READ_CHUNK: usize = 256 * 1024;
+/// At most this many queued chunks go into one vectored write.
+const MAX_IOVECS: usize = 64;
+
+thread_local! {
+    /// One read buffer per loop thread, shared by all its transports.
+    pub static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// Sockets use `recv`/`sendmsg` (no SIGPIPE on a closed peer); pipes and character
+/// devices use `read`/`writev`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Syscalls {
+    Socket,
+    File,
+}
+
+/// What a read gave.
+pub enum Received {
+    Data(usize),
+    Eof,
+    WouldBlock,
+    Failed(std::io::Error),
+}
+
+/// Reads once into `buf`, retrying on EINTR.
+pub fn recv_into(kind: Syscalls, fd: RawFd, buf: &mut [u8]) -> Received {
+    loop {
+        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the call.
+        let n = unsafe {
+            match kind {
+                Syscalls::Socket => libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
+                Syscalls::File => libc::read(fd, buf.as_mut_ptr().cast(), buf.len()),
+            }
+        };
+        if n > 0 {
+            return Received::Data(n as usize);
+        }
+        if n == 0 {
+            return Received::Eof;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Received::WouldBlock,
+            _ => return Received::Failed(err),
+        }
+    }
+}
+
+/// Writes what it can of `chunks` (the first one from `skip`) in one vectored write.
+pub fn send_chunks<'a>(
+    kind: Syscalls,
+    fd: RawFd,
+    chunks: impl Iterator<Item = &'a [u8]>,
+    skip: usize,
+) -> std::io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOVECS);
+    for (i, chunk) in chunks.take(MAX_IOVECS).enumerate() {
+        let chunk = if i == 0 { &chunk[skip..] } else { chunk };
+        iov.push(libc::iovec {
+            iov_base: chunk.as_ptr() as *mut libc::c_void,
+            iov_len: chunk.len(),
+        });
+    }
+    loop {
+        // SAFETY: `iov` entries point into chunks that outlive the call; a zeroed msghdr
+        // is valid and points at `iov`. MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
+        let n = unsafe {
+            match kind {
+                Syscalls::Socket => {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iov.as_mut_ptr();
+                    msg.msg_iovlen = iov.len() as _;
+                    libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+                }
+                Syscalls::File => libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int),
+            }
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
