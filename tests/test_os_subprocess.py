@@ -9,6 +9,7 @@ import ast
 import asyncio
 import glob
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -31,6 +32,14 @@ for name in os.listdir('/proc/self/fd'):
     fds.append(int(name))
 print(sorted(fds))
 """
+
+
+@pytest.fixture
+def handler_calls(loop):
+    """The contexts passed to the loop's exception handler during the test."""
+    calls = []
+    loop.set_exception_handler(lambda _loop, context: calls.append(context))
+    return calls
 
 
 def children():
@@ -195,6 +204,57 @@ def test_subprocess_protocol_and_transport(loop):
         ("pipe lost", 2, None),
     ]
     assert protocol.events.count("exited") == 1
+
+
+def test_communicate_with_a_child_that_never_reads_stdin(loop, handler_calls):
+    async def main():
+        proc = await asyncio.create_subprocess_exec("true", stdin=PIPE)
+        result = await proc.communicate(b"x" * (1024 * 1024))
+        return result, proc.returncode
+
+    assert run(loop, main()) == ((None, None), 0)
+    assert handler_calls == []
+
+
+def test_writing_to_the_stdin_of_a_gone_child(loop, handler_calls):
+    async def main():
+        # The child exits while a drain waits: the buffered data can never be delivered.
+        proc = await asyncio.create_subprocess_exec("sh", "-c", "read x", stdin=PIPE)
+        proc.stdin.write(b"line\n" + b"y" * (1024 * 1024))
+        with pytest.raises(ConnectionError) as pending:
+            await proc.stdin.drain()
+        assert await proc.wait() == 0
+        # Afterwards every drain reports the lost connection.
+        errors = []
+        for _ in range(3):
+            proc.stdin.write(b"z" * 100_000)
+            with pytest.raises(ConnectionError) as later:
+                await proc.stdin.drain()
+            errors.append(later.value)
+        return pending.value, errors
+
+    pending, errors = run(loop, main())
+    assert type(pending) is BrokenPipeError
+    assert [(type(e), str(e)) for e in errors] == [(ConnectionResetError, "Connection lost")] * 3
+    assert handler_calls == []
+
+
+def test_popen_arguments_pass_through(loop):
+    """Path and bytes arguments, and Popen options such as start_new_session, as with Popen."""
+    script = "import os; print(os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid())"
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            pathlib.Path("/bin/echo"), b"bytes", "str", stdout=PIPE
+        )
+        echoed, _ = await proc.communicate()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable.encode(), "-c", script, stdout=PIPE, start_new_session=True
+        )
+        session, _ = await proc.communicate()
+        return echoed, session
+
+    assert run(loop, main()) == (b"bytes str\n", b"True True\n")
 
 
 # ---- redirection -----------------------------------------------------------------------
