@@ -279,3 +279,18 @@ def run_script(source, *args, timeout=30):
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def assert_bytes(actual, expected):
+    """assert actual == expected, reporting sizes and the first difference, not a huge diff."""
+    actual, expected = bytes(actual), bytes(expected)
+    if actual == expected:
+        return
+    first = next(
+        (i for i, (x, y) in enumerate(zip(actual, expected, strict=False)) if x != y),
+        min(len(actual), len(expected)),
+    )
+    raise AssertionError(
+        f"got {len(actual)} bytes, expected {len(expected)}; they differ from offset {first}: "
+        f"{actual[first : first + 16]!r} != {expected[first : first + 16]!r}"
+    )

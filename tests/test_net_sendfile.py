@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from net_support import TLS, Capturing, Recorder, payload, run, tcp_connection
+from net_support import TLS, Capturing, Recorder, assert_bytes, payload, run, tcp_connection
 
 DATA = payload(4 * 1024 * 1024 + 123)
 
@@ -42,7 +42,7 @@ def test_sendfile_over_tcp(loop, data_file, offset, count):
 
     sent, received, position = run(loop, main())
     assert sent == len(expected)
-    assert received == expected
+    assert_bytes(received, expected)
     assert position == offset + len(expected)  # the file position follows what was sent
 
 
@@ -87,7 +87,7 @@ def test_write_during_sendfile_is_refused(loop, data_file):
             transport.write(b"interleaved")
         peer.transport.resume_reading()
         assert await task == len(DATA)
-        assert await peer.received(len(DATA)) == DATA
+        assert_bytes(await peer.received(len(DATA)), DATA)
         await finish(server, (transport, protocol))
 
     run(loop, main())
@@ -186,5 +186,5 @@ def test_sendfile_over_tls_falls_back(loop, data_file, tls):
 
     sent, received, position = run(loop, main())
     assert sent == 1024 * 1024
-    assert received == DATA[10 : 10 + 1024 * 1024]
+    assert_bytes(received, DATA[10 : 10 + 1024 * 1024])
     assert position == 10 + 1024 * 1024

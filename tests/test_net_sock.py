@@ -5,7 +5,7 @@ import socket
 import ssl
 
 import pytest
-from net_support import payload, raw_tcp_pair, run
+from net_support import assert_bytes, payload, raw_tcp_pair, run
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_sock_recv_and_sendall_echo(loop, tcp_pair):
         assert await loop.sock_recv(b, 10) == b""  # EOF
         return bytes(received)
 
-    assert run(loop, main()) == data
+    assert_bytes(run(loop, main()), data)
 
 
 def test_sock_recv_into(loop, tcp_pair):
@@ -215,7 +215,7 @@ def test_sock_sendfile(loop, tcp_pair, tmp_path):
             a.shutdown(socket.SHUT_WR)
             return await receiver
 
-    assert run(loop, main()) == data[100 : 100 + 2 * 1024 * 1024]
+    assert_bytes(run(loop, main()), data[100 : 100 + 2 * 1024 * 1024])
 
 
 @pytest.mark.parametrize(
@@ -380,7 +380,7 @@ def test_cancelled_sock_sendall_stops_sending(loop, tcp_pair):
     assert received.endswith(b"<tail>")
     sent = len(received) - len(b"<tail>")
     assert sent < len(data), "the cancelled sock_sendall kept sending"
-    assert received == data[:sent] + b"<tail>"
+    assert_bytes(received, data[:sent] + b"<tail>")
 
 
 def test_cancelled_sock_sendto_sends_nothing(loop, tmp_path):
@@ -481,4 +481,4 @@ def test_cancelled_sock_sendfile_stops_sending(loop, tcp_pair, tmp_path):
     assert received.endswith(b"<tail>")
     sent = len(received) - len(b"<tail>")
     assert sent < len(data), "the cancelled sock_sendfile kept sending"
-    assert received == data[:sent] + b"<tail>"
+    assert_bytes(received, data[:sent] + b"<tail>")

@@ -4,7 +4,7 @@ import asyncio
 import socket
 
 import pytest
-from net_support import payload, run
+from net_support import assert_bytes, payload, run
 
 
 async def echo_handler(reader, writer):
@@ -33,7 +33,7 @@ def test_open_connection_and_start_server_echo(loop):
         assert await reader.readline() == b"hello\n"
         writer.write(data)
         await writer.drain()
-        assert await reader.readexactly(len(data)) == data
+        assert_bytes(await reader.readexactly(len(data)), data)
         assert writer.can_write_eof()
         writer.write_eof()
         assert await reader.read() == b""
@@ -159,7 +159,7 @@ def test_unix_streams_echo(loop, tmp_path):
         assert writer.get_extra_info("peername") == path
         writer.write(data)
         writer.write_eof()
-        assert await reader.read() == data
+        assert_bytes(await reader.read(), data)
         writer.close()
         await writer.wait_closed()
         server.close()

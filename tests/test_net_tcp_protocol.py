@@ -9,6 +9,7 @@ from net_support import (
     TIMEOUT,
     Echo,
     Recorder,
+    assert_bytes,
     close_transport,
     ipv6_loopback_available,
     payload,
@@ -38,7 +39,7 @@ def test_echo(loop, size):
 
     received, protocol = run(loop, main())
     assert len(received) == size
-    assert received == data
+    assert_bytes(received, data)
     assert protocol.events == ["made", "data", "lost"]
 
 
@@ -57,7 +58,7 @@ def test_echo_of_many_writes_of_every_bytes_like_type_keeps_order(loop):
         await shutdown(server, (transport, protocol))
         return received
 
-    assert run(loop, main()) == expected
+    assert_bytes(run(loop, main()), expected)
 
 
 class BufferedRecorder(asyncio.BufferedProtocol):
@@ -114,7 +115,7 @@ def test_buffered_protocol_on_both_ends(loop, bufsize):
         return protocol
 
     protocol = run(loop, main())
-    assert protocol.data == data
+    assert_bytes(protocol.data, data)
     assert protocol.updates >= len(data) // bufsize
     assert all(isinstance(hint, int) for hint in protocol.hints)
 
@@ -227,7 +228,7 @@ def test_close_flushes_pending_data_then_reports_connection_lost_none(loop):
         return received, protocol
 
     received, protocol = run(loop, main())
-    assert received == data
+    assert_bytes(received, data)
     assert protocol.events == ["made", "lost"]
 
 
@@ -361,7 +362,7 @@ def test_write_eof_flushes_buffered_data_first(loop):
         await shutdown(server, (transport, protocol), (peer.transport, peer))
         return received
 
-    assert run(loop, main()) == data
+    assert_bytes(run(loop, main()), data)
 
 
 def test_eof_received_returning_false_closes_the_transport(loop):
@@ -478,5 +479,5 @@ def test_set_protocol_from_data_received(loop):
 
     first, successor = run(loop, main())
     assert first.events == ["made", "data"]
-    assert bytes(first.data) + bytes(successor.data) == data
+    assert_bytes(bytes(first.data) + bytes(successor.data), data)
     assert successor.events[-2:] == ["eof", "lost"]

@@ -15,6 +15,7 @@ from net_support import (
     Capturing,
     Echo,
     Recorder,
+    assert_bytes,
     payload,
     raw_tcp_pair,
     run,
@@ -65,7 +66,7 @@ def test_tls_echo(loop, tls, size):
         return received, protocol
 
     received, protocol = run(loop, main())
-    assert received == data
+    assert_bytes(received, data)
     assert protocol.events[:2] == ["made", "data"]
     assert protocol.events[-1] == "lost"
     assert protocol.lost.result() is None
@@ -237,7 +238,7 @@ def test_streams_over_tls(loop, tls):
         data = payload(1 << 20)
         writer.write(data)
         await writer.drain()
-        assert await reader.readexactly(len(data)) == data
+        assert_bytes(await reader.readexactly(len(data)), data)
         writer.close()
         await writer.wait_closed()
         server.close()
@@ -401,7 +402,7 @@ def test_tls_close_flushes_pending_data(loop, tls):
         await server.wait_closed()
         return received
 
-    assert run(loop, main()) == data
+    assert_bytes(run(loop, main()), data)
 
 
 def test_tls_pause_and_resume_reading(loop, tls):
@@ -457,4 +458,4 @@ def test_tls_with_a_buffered_protocol(loop, tls):
         await finish(server, (transport, protocol))
         return bytes(protocol.data)
 
-    assert run(loop, main()) == data
+    assert_bytes(run(loop, main()), data)

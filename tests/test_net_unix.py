@@ -8,7 +8,7 @@ import stat
 import sys
 
 import pytest
-from net_support import Capturing, Echo, Recorder, payload, run
+from net_support import Capturing, Echo, Recorder, assert_bytes, payload, run
 
 
 async def unix_pair(loop, path, server_protocol=None, client_protocol=None):
@@ -42,7 +42,7 @@ def test_echo(loop, tmp_path, size):
         await server.wait_closed()
         return received
 
-    assert run(loop, main()) == data
+    assert_bytes(run(loop, main()), data)
 
 
 def test_transport_and_extra_info(loop, tmp_path):
