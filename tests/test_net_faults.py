@@ -351,3 +351,54 @@ def test_no_fd_left_after_streams(loop):
         await server.wait_closed()
 
     check_no_fd_left(loop, scenario)
+
+
+@pytest.fixture
+def unanswered_address():
+    """A loopback address whose connects stay pending: its listen queue is full."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = []
+        for _ in range(2):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(full.getsockname())
+            fillers.append(s)
+        try:
+            yield full.getsockname()
+        finally:
+            for s in fillers:
+                s.close()
+
+
+def test_no_fd_left_by_a_cancelled_create_connection(loop, unanswered_address):
+    async def scenario():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                loop.create_connection(asyncio.Protocol, *unanswered_address), 0.05
+            )
+
+    check_no_fd_left(loop, scenario)
+
+
+def test_no_fd_left_by_a_cancelled_tls_handshake(loop, tmp_path):
+    tls = TLS(str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+
+        async def scenario():
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        asyncio.Protocol,
+                        *silent.getsockname(),
+                        ssl=tls.client(),
+                        server_hostname="localhost",
+                    ),
+                    0.05,
+                )
+            # The connection sits in the backlog; accepting and closing it frees its fd.
+            conn, _ = silent.accept()
+            conn.close()
+
+        check_no_fd_left(loop, scenario)

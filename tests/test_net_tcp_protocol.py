@@ -481,3 +481,65 @@ def test_set_protocol_from_data_received(loop):
     assert first.events == ["made", "data"]
     assert_bytes(bytes(first.data) + bytes(successor.data), data)
     assert successor.events[-2:] == ["eof", "lost"]
+
+
+def test_close_waits_for_a_slow_peer_before_connection_lost(loop):
+    data = payload(8 * 1024 * 1024)
+
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        peer.transport.pause_reading()
+        transport.write(data)
+        transport.close()
+        for _ in range(20):
+            await asyncio.sleep(0.002)
+        assert not protocol.lost.done(), "connection_lost before the buffer was flushed"
+        assert transport.get_write_buffer_size() > 0
+        peer.transport.resume_reading()
+        assert await protocol.lost is None
+        await peer.eof
+        received = bytes(peer.data)
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return received
+
+    assert_bytes(run(loop, main()), data)
+
+
+def test_close_while_reading_is_paused(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        transport.pause_reading()
+        peer.transport.write(b"never read")
+        await asyncio.sleep(0.01)
+        transport.close()
+        assert await protocol.lost is None
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return protocol
+
+    protocol = run(loop, main())
+    assert protocol.events == ["made", "lost"]
+
+
+def test_abort_after_pause_writing_never_resumes(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        peer.transport.pause_reading()
+        transport.write(payload(16 * 1024 * 1024))
+        assert [kind for kind, _ in protocol.flow] == ["pause"]
+        transport.abort()
+        assert await protocol.lost is None
+        assert transport.get_write_buffer_size() == 0
+        peer.transport.resume_reading()
+        await peer.lost
+        for _ in range(5):
+            await asyncio.sleep(0)
+        server.close()
+        await server.wait_closed()
+        return protocol
+
+    protocol = run(loop, main())
+    assert [kind for kind, _ in protocol.flow] == ["pause"]

@@ -459,3 +459,23 @@ def test_tls_with_a_buffered_protocol(loop, tls):
         return bytes(protocol.data)
 
     assert_bytes(run(loop, main()), data)
+
+
+def test_connect_accepted_socket_with_tls(loop, tls):
+    client, accepted = raw_tcp_pair()
+
+    async def main():
+        server_side = loop.create_task(
+            loop.connect_accepted_socket(Echo, accepted, ssl=tls.server())
+        )
+        transport, protocol = await loop.create_connection(
+            lambda: Recorder(loop), sock=client, ssl=tls.client(), server_hostname="localhost"
+        )
+        server_transport, _ = await server_side
+        assert isinstance(server_transport.get_extra_info("ssl_object"), ssl.SSLObject)
+        transport.write(b"accepted over tls")
+        assert await protocol.received(17) == b"accepted over tls"
+        transport.close()
+        await protocol.lost
+
+    run(loop, main())
