@@ -543,3 +543,114 @@ def test_abort_after_pause_writing_never_resumes(loop):
 
     protocol = run(loop, main())
     assert [kind for kind, _ in protocol.flow] == ["pause"]
+
+
+@pytest.mark.parametrize("method", ["close", "abort"])
+def test_connection_lost_comes_in_a_later_callback(loop, method):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        getattr(transport, method)()
+        assert not protocol.lost.done()  # never from inside close() / abort()
+        assert await protocol.lost is None
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_peername_and_sockname_outlive_the_connection(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        peername = transport.get_extra_info("peername")
+        sockname = transport.get_extra_info("sockname")
+        peer.transport.close()
+        await protocol.lost
+        assert transport.get_extra_info("peername") == peername
+        assert transport.get_extra_info("sockname") == sockname
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_add_reader_on_a_transport_fd_is_refused(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        fd = transport.get_extra_info("socket").fileno()
+        for register in (loop.add_reader, loop.add_writer):
+            with pytest.raises(RuntimeError, match=f"^File descriptor {fd} is used by transport"):
+                register(fd, print)
+        for unregister in (loop.remove_reader, loop.remove_writer):
+            with pytest.raises(RuntimeError, match=f"^File descriptor {fd} is used by transport"):
+                unregister(fd)
+        transport.close()
+        await protocol.lost
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_switching_between_protocol_kinds_mid_stream(loop):
+    first = payload(300 * 1024)
+    second = payload(900 * 1024)[::-1]
+    third = b"back to plain"
+
+    async def main():
+        server, transport, plain, peer = await tcp_connection(loop)
+        buffered = BufferedRecorder(loop, 4096)
+        plain2 = Recorder(loop)
+        peer.transport.write(first)
+        await plain.received(len(first))
+        transport.set_protocol(buffered)
+        buffered.transport = transport
+        peer.transport.write(second)
+        while len(buffered.data) < len(second):
+            await asyncio.sleep(0.001)
+        transport.set_protocol(plain2)
+        peer.transport.write(third)
+        await plain2.received(len(third))
+        transport.close()
+        await plain2.lost
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+        return plain, buffered, plain2
+
+    plain, buffered, plain2 = run(loop, main())
+    assert_bytes(plain.data, first)
+    assert_bytes(buffered.data, second)
+    assert bytes(plain2.data) == third
+
+
+def test_many_connections_streaming_at_once_keep_their_bytes_apart(loop):
+    count, size = 20, 1024 * 1024
+
+    async def one(port, i):
+        data = payload(size + i)[i:]  # a different stream per connection
+        transport, protocol = await loop.create_connection(
+            lambda: Recorder(loop), "127.0.0.1", port
+        )
+        offset, step = 0, 1 + i * 997
+        while offset < len(data):
+            transport.write(data[offset : offset + step])
+            offset += step
+            step = step * 3 % 65521 + 1
+            if transport.get_write_buffer_size() > 256 * 1024:
+                await asyncio.sleep(0)
+        received = await protocol.received(len(data))
+        transport.close()
+        await protocol.lost
+        return received == data
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        results = await asyncio.gather(*(one(port, i) for i in range(count)))
+        server.close()
+        await server.wait_closed()
+        return results
+
+    assert run(loop, main(), timeout=30) == [True] * count
