@@ -98,7 +98,7 @@ class BufferedRecorder(asyncio.BufferedProtocol):
 
 @pytest.mark.parametrize("bufsize", [1, 7, 65536])
 def test_buffered_protocol_on_both_ends(loop, bufsize):
-    data = payload(256 * 1024 if bufsize > 1 else 4096)
+    data = payload({1: 4096, 7: 64 * 1024}.get(bufsize, 256 * 1024))
 
     async def main():
         server, transport, protocol, _ = await tcp_connection(
