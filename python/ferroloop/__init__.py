@@ -26,11 +26,13 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
-class EventLoopPolicy(asyncio.events.BaseDefaultEventLoopPolicy):
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """An event loop policy whose loops are ferroloop loops.
 
     ``asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())`` makes ``asyncio.run``,
-    ``asyncio.new_event_loop`` and ``asyncio.get_event_loop`` use ferroloop.
+    ``asyncio.new_event_loop`` and ``asyncio.get_event_loop`` use ferroloop. It is the
+    platform's default policy otherwise (so ``get_child_watcher``/``set_child_watcher``
+    keep working for code that calls them; ferroloop itself watches children by pidfd).
     """
 
     _loop_factory = Loop

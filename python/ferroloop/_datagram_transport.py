@@ -7,7 +7,6 @@ libraries check and the extra info, and binds the core's methods as its own.
 from __future__ import annotations
 
 import socket
-import sys
 import warnings
 from asyncio import futures, transports, trsock
 from asyncio.log import logger
@@ -27,11 +26,6 @@ _CORE_METHODS = (
     "set_protocol",
     "_force_close",
 )
-
-# 3.13 sends empty datagrams and counts 8 header bytes per queued one; earlier versions
-# drop empty datagrams and count only the data.
-_SENDS_EMPTY = sys.version_info >= (3, 13)
-_HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
 
 
 class DatagramTransport(transports.DatagramTransport):
@@ -61,7 +55,8 @@ class DatagramTransport(transports.DatagramTransport):
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._address = address
-        core = DatagramCore(loop, sock, protocol, self, address, _SENDS_EMPTY, _HEADER_SIZE)
+        connected = bool(self._extra["peername"])
+        core = DatagramCore(loop, sock, protocol, self, address, connected)
         self._core = core
         for name in _CORE_METHODS:
             setattr(self, name, getattr(core, name))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 import traceback
-from asyncio import tasks
-from asyncio.log import logger
+from asyncio import base_events, tasks
 from collections.abc import Callable
 from typing import Any
 
 from . import _format
+
+# Logging goes through `asyncio.base_events.logger`, looked up at each call, as the stdlib
+# loop's code does: tests and tools that patch that name see ferroloop's messages too.
 
 # 3.12 started running a custom handler in the context of the failing task/handle.
 _HANDLER_RUNS_IN_CONTEXT = sys.version_info >= (3, 12)
@@ -61,7 +63,7 @@ class ExceptionHandlerMixin:
             else:
                 value = repr(value)
             lines.append(f"{key}: {value}")
-        logger.error("\n".join(lines), exc_info=exc_info)
+        base_events.logger.error("\n".join(lines), exc_info=exc_info)
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         """Pass ``context`` to the exception handler; errors in it are logged, not raised."""
@@ -71,7 +73,7 @@ class ExceptionHandlerMixin:
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException:
-                logger.error("Exception in default exception handler", exc_info=True)
+                base_events.logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
             self._run_custom_handler(context)
@@ -89,7 +91,7 @@ class ExceptionHandlerMixin:
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException:
-                logger.error(
+                base_events.logger.error(
                     "Exception in default exception handler while handling an "
                     "unexpected error in custom exception handler",
                     exc_info=True,
@@ -119,4 +121,4 @@ class ExceptionHandlerMixin:
         callback = handle._callback
         owner = getattr(callback, "__self__", None)
         described = repr(owner) if isinstance(owner, tasks.Task) else str(handle)
-        logger.warning("Executing %s took %.3f seconds", described, seconds)
+        base_events.logger.warning("Executing %s took %.3f seconds", described, seconds)

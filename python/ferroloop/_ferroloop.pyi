@@ -152,8 +152,7 @@ class DatagramCore:
         protocol: Any,
         transport: Any,
         address: Any,
-        send_empty: bool,
-        header_size: int,
+        connected: bool,
     ) -> DatagramCore: ...
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None: ...
     def close(self) -> None: ...

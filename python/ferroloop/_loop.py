@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._connections import ConnectionsMixin
+from ._datagram import DatagramMixin
 from ._datagram_transport import DatagramTransport
 from ._exception_handler import ExceptionHandlerMixin
 from ._ferroloop import LoopCore
@@ -45,6 +46,7 @@ def _stop_loop_when_done(future: futures.Future) -> None:
 class Loop(
     LoopCore,
     ConnectionsMixin,
+    DatagramMixin,
     SockMixin,
     SendfileMixin,
     SubprocessMixin,

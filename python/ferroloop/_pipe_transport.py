@@ -60,14 +60,15 @@ class _PipeTransportBase:
         self._core._force_close(exc)
 
     def __repr__(self) -> str:
-        fd, closed, closing, polling, queued = self._core._describe()
+        fd, closed, closing, _polling, queued = self._core._describe()
         info = [type(self).__name__]
         if closed:
             info.append("closed")
         elif closing:
             info.append("closing")
         info.append(f"fd={fd}")
-        info.append("closed" if closed else ("polling" if polling else "idle"))
+        # The stdlib shows "open" where it cannot ask a selector (as here).
+        info.append("closed" if closed else "open")
         if not closed and queued:
             info.append(f"bufsize={queued}")
         return "<{}>".format(" ".join(info))

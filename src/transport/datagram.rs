@@ -20,14 +20,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
-    PyTypeError, PyValueError,
+    PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
+use crate::transport::io::with_bytes;
 use crate::transport::IoTransport;
 
 /// The largest datagram read (the stdlib's `max_size`).
@@ -66,6 +67,8 @@ pub struct DatagramCore {
     send_empty: bool,
     /// Bytes counted per queued datagram on top of its data (3.13 counts a header).
     header_size: usize,
+    /// The socket itself is connected (it has a peer): `send`, not `sendto`.
+    connected: bool,
     state: Mutex<DatagramState>,
 }
 
@@ -287,7 +290,7 @@ impl DatagramCore {
                     return Ok(());
                 };
                 state.queued -= data.bind(py).as_bytes().len() + this.header_size;
-                (sock, data, addr, state.address.is_some())
+                (sock, data, addr, this.connected)
             };
             match Self::send_now(py, &sock, data.bind(py).as_any(), addr.as_ref(), connected)? {
                 Outcome::Done(()) => {}
@@ -374,34 +377,24 @@ fn datagram_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(bytes.clone());
     }
-    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        return Ok(PyBytes::new(
-            py,
-            &data
-                .call_method0("__bytes__")
-                .or_else(|_| data.call_method0("tobytes"))?
-                .extract::<Vec<u8>>()?,
-        ));
-    }
-    Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {}",
-        data.get_type().name()?.repr()?
-    )))
+    with_bytes(data, |bytes| PyBytes::new(py, bytes))
 }
 
 #[pymethods]
 impl DatagramCore {
     #[new]
-    #[pyo3(signature = (loop_, sock, protocol, transport, address, send_empty, header_size))]
+    #[pyo3(signature = (loop_, sock, protocol, transport, address, connected))]
     fn new(
         loop_: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         transport: &Bound<'_, PyAny>,
         address: Option<&Bound<'_, PyAny>>,
-        send_empty: bool,
-        header_size: usize,
+        connected: bool,
     ) -> PyResult<Self> {
+        // 3.13 sends empty datagrams and counts an 8-byte header per queued one.
+        let is_313 = sock.py().version_info() >= (3, 13);
+        let (send_empty, header_size) = (is_313, if is_313 { 8 } else { 0 });
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
@@ -410,6 +403,7 @@ impl DatagramCore {
             fd,
             send_empty,
             header_size,
+            connected,
             state: Mutex::new(DatagramState {
                 loop_: Some(loop_.clone().unbind()),
                 sock: Some(sock.clone().unbind()),
@@ -506,7 +500,7 @@ impl DatagramCore {
         }
         if !queued_before {
             if let Some(sock) = &sock {
-                match Self::send_now(py, sock, data.as_any(), addr.as_ref(), connected.is_some())? {
+                match Self::send_now(py, sock, data.as_any(), addr.as_ref(), this.connected)? {
                     Outcome::Done(()) => return Ok(()),
                     Outcome::WouldBlock => {}
                     Outcome::SocketError(err) => return Self::error_received(slf, err),

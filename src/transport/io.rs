@@ -3,6 +3,11 @@
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+
 /// How much one read takes at most (the stdlib's `max_size`).
 pub const READ_CHUNK: usize = 256 * 1024;
 /// At most this many queued chunks go into one vectored write.
@@ -91,4 +96,28 @@ pub fn send_chunks<'a>(
             return Err(err);
         }
     }
+}
+
+/// The bytes of a bytes-like object (bytes, bytearray, memoryview), or the stdlib's error.
+pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(f(bytes.as_bytes()));
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        let view = PyUntypedBuffer::get(data)?;
+        if view.is_c_contiguous() {
+            // SAFETY: the exported buffer is C-contiguous and `len_bytes()` long, and stays
+            // valid until `view` is dropped; `f` runs no Python code.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes())
+            };
+            return Ok(f(bytes));
+        }
+        let copy: Vec<u8> = data.call_method0("tobytes")?.extract()?;
+        return Ok(f(&copy));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {}",
+        data.get_type().name()?.repr()?
+    )))
 }

@@ -17,17 +17,17 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{
-    PyBrokenPipeError, PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyBrokenPipeError, PyKeyboardInterrupt, PySystemExit, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
-use crate::transport::io::{recv_into, send_chunks, Received, Syscalls, READ_BUFFER, READ_CHUNK};
+use crate::transport::io::{
+    recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
+};
 use crate::transport::IoTransport;
 
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
@@ -474,18 +474,7 @@ impl PipeCore {
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let bytes: Vec<u8> = if let Ok(bytes) = data.cast::<PyBytes>() {
-            bytes.as_bytes().to_vec()
-        } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            data.call_method0("__bytes__")
-                .or_else(|_| data.call_method0("tobytes"))?
-                .extract()?
-        } else {
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
-                data.get_type().name()?.repr()?
-            )));
-        };
+        let bytes: Vec<u8> = with_bytes(data, <[u8]>::to_vec)?;
         if bytes.is_empty() {
             return Ok(());
         }

@@ -24,13 +24,15 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
-use crate::transport::io::{recv_into, send_chunks, Received, Syscalls, READ_BUFFER, READ_CHUNK};
+use crate::transport::io::{
+    recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
+};
 use crate::transport::IoTransport;
 
 /// The stdlib's default high-water mark; the low one is a quarter of it.
@@ -587,30 +589,6 @@ impl StreamState {
             }
         }
     }
-}
-
-/// The bytes of a bytes-like object (bytes, bytearray, memoryview), or the stdlib's error.
-fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(f(bytes.as_bytes()));
-    }
-    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        let view = PyUntypedBuffer::get(data)?;
-        if view.is_c_contiguous() {
-            // SAFETY: the exported buffer is C-contiguous and `len_bytes()` long, and stays
-            // valid until `view` is dropped; `f` runs no Python code.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes())
-            };
-            return Ok(f(bytes));
-        }
-        let copy: Vec<u8> = data.call_method0("tobytes")?.extract()?;
-        return Ok(f(&copy));
-    }
-    Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {}",
-        data.get_type().name()?.repr()?
-    )))
 }
 
 #[pymethods]
