@@ -402,3 +402,35 @@ def test_no_fd_left_by_a_cancelled_tls_handshake(loop, tmp_path):
             conn.close()
 
         check_no_fd_left(loop, scenario)
+
+
+class Exits(Recorder):
+    def __init__(self, loop, exc_type):
+        super().__init__(loop)
+        self.exc_type = exc_type
+
+    def data_received(self, data):
+        super().data_received(data)
+        raise self.exc_type("from data_received")
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_from_data_received_propagate(loop, exc_type):
+    server, transport, protocol, peer = run(
+        loop, tcp_connection(loop, client_protocol=lambda: Exits(loop, exc_type))
+    )
+    peer.transport.write(b"trigger")
+    never = loop.create_future()
+    guard = loop.call_later(5, never.set_result, None)  # fail, not hang, if it is swallowed
+    with pytest.raises(exc_type, match="from data_received"):
+        loop.run_until_complete(never)
+    guard.cancel()
+
+    async def cleanup():
+        transport.close()
+        peer.transport.close()
+        await peer.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, cleanup())
