@@ -218,6 +218,70 @@ def test_read_pipe_over_a_socket(loop):
     run(loop, main())
 
 
+class FailingReader(Recorder):
+    def data_received(self, data):
+        super().data_received(data)
+        if data.startswith(b"boom"):
+            raise ZeroDivisionError("from data_received")
+
+
+def test_read_pipe_protocol_error_is_reported_and_reading_goes_on(loop, handler_calls):
+    async def main():
+        rfile, wfile = os_pipe()
+        transport, protocol = await loop.connect_read_pipe(lambda: FailingReader(loop), rfile)
+        wfile.write(b"boom")
+        await protocol.received(4)
+        await settle()
+        wfile.write(b", and after")
+        assert await protocol.received(15) == b"boom, and after"
+        assert not transport.is_closing()  # the stdlib keeps the pipe open
+        wfile.close()
+        assert await protocol.lost is None
+
+    run(loop, main())
+    assert len(handler_calls) == 1
+    exc = handler_calls[0]["exception"]
+    assert type(exc) is ZeroDivisionError and str(exc) == "from data_received"
+
+
+def test_read_pipe_closes_after_eof_even_if_eof_received_returns_true(loop):
+    async def main():
+        rfile, wfile = os_pipe()
+        transport, protocol = await loop.connect_read_pipe(
+            lambda: Recorder(loop, eof_result=True), rfile
+        )
+        wfile.close()
+        assert await protocol.lost is None
+        assert protocol.events == ["made", "eof", "lost"]
+        # Calls on a closed read pipe are no-ops.
+        transport.close()
+        transport.pause_reading()
+        transport.resume_reading()
+        assert not transport.is_reading()
+        await settle()
+        assert protocol.events == ["made", "eof", "lost"]
+
+    run(loop, main())
+
+
+def test_unreferenced_paused_read_pipe_warns_and_closes(loop):
+    """Paused, the transport is unknown to the loop: dropped, it is collected with a
+    ResourceWarning and its pipe is closed, as on the stdlib loop."""
+
+    async def main():
+        rfile, wfile = os_pipe()
+        transport, protocol = await loop.connect_read_pipe(lambda: Recorder(loop), rfile)
+        transport.pause_reading()
+        await settle(0.01)
+        del transport, protocol
+        with pytest.warns(ResourceWarning, match="unclosed transport"):
+            gc.collect()
+        assert rfile.closed
+        wfile.close()
+
+    run(loop, main())
+
+
 # ---- write pipes -----------------------------------------------------------------------
 
 
@@ -401,6 +465,23 @@ def test_abort_discards_the_buffer(loop):
     got = run(loop, main())
     assert len(got) < len(data)
     assert data.startswith(got)
+
+
+def test_write_copies_a_bytearray_it_cannot_send_at_once(loop):
+    async def main():
+        rfile, wfile = os_pipe()
+        transport, protocol = await loop.connect_write_pipe(lambda: Recorder(loop), wfile)
+        data = bytearray(b"a" * (512 * 1024))
+        transport.write(data)
+        data[:] = b"b" * len(data)  # the caller may reuse its buffer at once
+        transport.write(memoryview(data)[:10])
+        data[:10] = b"c" * 10
+        transport.close()
+        got = await loop.run_in_executor(None, read_to_eof, rfile.fileno())
+        rfile.close()
+        return got
+
+    assert run(loop, main()) == b"a" * (512 * 1024) + b"b" * 10
 
 
 def test_write_after_close_is_dropped_silently(loop):
