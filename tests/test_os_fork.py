@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 import traceback
 
 import pytest
@@ -113,11 +115,20 @@ def run_fresh_loop(loop_factory, job):
         asyncio.set_event_loop(None)
 
 
+def wait_single_threaded(timeout=2.0):
+    """Let threads left by earlier tests (executor workers shutting down) end before a fork:
+    a lock another thread holds at the fork stays held forever in the child."""
+    deadline = time.monotonic() + timeout
+    while threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def fork_child(loop_factory, job):
     """Fork; the child runs `job` on a fresh loop and reports through a pipe.
 
     Returns (pid, read end of the report pipe) in the parent.
     """
+    wait_single_threaded()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -258,6 +269,7 @@ def test_multiprocessing_fork_child_runs_a_loop(loop, loop_factory):
         await workload(loop, threads=False)
         parent_conn, child_conn = ctx.Pipe(duplex=False)
         process = ctx.Process(target=multiprocessing_child, args=(kind, child_conn))
+        wait_single_threaded()
         process.start()
         child_conn.close()
         deadline = loop.time() + CHILD_TIMEOUT
