@@ -398,6 +398,28 @@ def test_pipe_pair_with_slow_reader_is_flow_controlled(loop):
     assert high < largest_buffer <= high + chunk_size
 
 
+def test_write_past_the_high_water_mark_pauses_at_once(loop):
+    async def main():
+        rfile, wfile = os_pipe()
+        transport, protocol = await loop.connect_write_pipe(lambda: Recorder(loop), wfile)
+        transport.write(payload(1024 * 1024))
+        # Called from inside write(), so the producer stops before it writes again.
+        assert [kind for kind, _ in protocol.flow] == ["pause"]
+        assert protocol.flow[0][1] > 64 * 1024
+        transport.write(b"more")
+        assert [kind for kind, _ in protocol.flow] == ["pause"]  # paused once
+        got = loop.run_in_executor(None, read_to_eof, rfile.fileno())
+        while len(protocol.flow) < 2:
+            await asyncio.sleep(0.001)
+        assert protocol.flow[1][0] == "resume"
+        assert protocol.flow[1][1] <= 16 * 1024
+        transport.close()
+        assert len(await got) == 1024 * 1024 + 4
+        rfile.close()
+
+    run(loop, main())
+
+
 def test_write_pipe_drain_with_stream_writer(loop):
     data = payload(2 * 1024 * 1024)
 

@@ -145,6 +145,23 @@ def test_communicate_large_stdout_and_stderr_at_once(loop):
     assert err == b"".join(bytes([97 + i % 26]) * 16384 for i in range(64))
 
 
+def test_unread_child_output_is_backpressured(loop):
+    """Output nobody reads stops the child (the stream pauses the pipe) instead of piling
+    up in the parent; reading it later gets every byte."""
+    size = 16 * 1024 * 1024
+    script = python("import sys", f"sys.stdout.buffer.write(b'z' * {size})")
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(*script, stdout=PIPE)
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None  # blocked on a full pipe
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        return out
+
+    assert run(loop, main()) == b"z" * size
+
+
 def test_interactive_line_by_line(loop):
     async def main():
         proc = await asyncio.create_subprocess_exec("cat", stdin=PIPE, stdout=PIPE)
