@@ -28,8 +28,12 @@ _CORE_METHODS = (
 )
 
 
-class DatagramTransport(transports.DatagramTransport):
-    """A datagram transport over a bound, non-blocking datagram socket."""
+class DatagramTransport(transports.DatagramTransport, transports.Transport):
+    """A datagram transport over a bound, non-blocking datagram socket.
+
+    Also an ``asyncio.Transport``, as the stdlib's datagram transports are (libraries and
+    CPython's tests check it).
+    """
 
     def __init__(
         self,

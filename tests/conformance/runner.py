@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import report
+from .exclusions import KNOWN_DIFFERENCES
 from .exclusions import MODULES as EXCLUDED_MODULES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -502,6 +503,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="do not run failed tests a second time to tell flaky ones",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-module lines")
+    parser.add_argument(
+        "--allow-known-differences",
+        action="store_true",
+        help="exit 0 when the only failures are the documented differences in "
+        "exclusions.KNOWN_DIFFERENCES (CI's regression gate); the score still counts them",
+    )
     return parser.parse_args(argv)
 
 
@@ -535,4 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     if opts.json:
         Path(opts.json).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     report.print_report(data, summary, compare=opts.compare)
-    return 0 if summary["ok"] else 1
+    if summary["ok"]:
+        return 0
+    return 0 if opts.allow_known_differences and _only_known_differences(summary) else 1
+
+
+def _only_known_differences(summary: dict) -> bool:
+    regressions = summary["regressions"]
+    score = summary["score"]
+    return (
+        not summary["aborted"]
+        and all(test in KNOWN_DIFFERENCES for test in regressions)
+        and score["failed"] + score["errors"] <= len(regressions)
+    )
