@@ -249,6 +249,22 @@ impl Handle {
         self.run(py)
     }
 
+    /// `isinstance` falls back to `__class__` when the type check fails (as proxies rely
+    /// on): reporting an `asyncio.Handle` subclass makes `isinstance(h, asyncio.Handle)`
+    /// hold while the handle stays a Rust object.
+    #[getter]
+    fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        static HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static TIMER_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let py = slf.py();
+        let class = if slf.get().timer.is_some() {
+            TIMER_HANDLE.import(py, "ferroloop._format", "TimerHandle")?
+        } else {
+            HANDLE.import(py, "ferroloop._format", "Handle")?
+        };
+        Ok(class.clone().unbind())
+    }
+
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         if let Some(repr) = lock(&slf.get().cancelled_repr).as_ref() {
             return Ok(repr.clone());

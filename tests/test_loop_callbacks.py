@@ -47,12 +47,7 @@ def test_call_soon_returns_a_cancellable_handle(loop):
 
 
 @pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
-def test_handles_are_stdlib_handle_instances(loop, method, request):
-    if type(loop).__module__.startswith("ferroloop"):
-        # Strict: this starts failing the day ferroloop's handles become stdlib ones.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="docs/compatibility.md: handle classes")
-        )
+def test_handles_are_stdlib_handle_instances(loop, method):
     handle = getattr(loop, method)(print)
     assert isinstance(handle, asyncio.Handle)
     handle.cancel()

@@ -54,12 +54,7 @@ def test_call_at_keeps_the_exact_deadline(loop):
     ],
     ids=["call_later 0", "call_later negative", "call_at"],
 )
-def test_timer_handles_are_stdlib_timer_handle_instances(loop, schedule, request):
-    if type(loop).__module__.startswith("ferroloop"):
-        # Strict: this starts failing the day ferroloop's handles become stdlib ones.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="docs/compatibility.md: handle classes")
-        )
+def test_timer_handles_are_stdlib_timer_handle_instances(loop, schedule):
     handle = schedule(loop)
     assert isinstance(handle, asyncio.TimerHandle)
     handle.cancel()

@@ -5,6 +5,7 @@ They are shaped after the stdlib's output so logs and reprs read the same on fer
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import sys
 from asyncio import coroutines, format_helpers
@@ -14,6 +15,19 @@ from typing import Any
 _FORMAT_TAKES_DEBUG = (
     "debug" in inspect.signature(format_helpers._format_callback_source).parameters
 )
+
+
+class Handle(asyncio.Handle):
+    """What ``h.__class__`` says a ferroloop handle is: an ``asyncio.Handle``, so that
+    ``isinstance(h, asyncio.Handle)`` holds (never instantiated; see docs/compatibility.md)."""
+
+    __slots__ = ()
+
+
+class TimerHandle(asyncio.TimerHandle):
+    """``h.__class__`` of a ferroloop timer handle: an ``asyncio.TimerHandle``."""
+
+    __slots__ = ()
 
 
 def callback_source(callback: Any, args: Any, debug: bool) -> str:

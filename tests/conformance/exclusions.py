@@ -105,10 +105,7 @@ TESTS: dict[str, str] = {
 
 # Failures that docs/compatibility.md lists as deliberate differences. They still count as
 # failures (a user can see them); the report labels them so nobody chases them as bugs.
-KNOWN_DIFFERENCES: dict[str, str] = {
-    "test_base_events.BaseEventLoopTests.test_call_soon": "handle classes",
-    "test_base_events.BaseEventLoopTests.test_call_later": "handle classes",
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 # A test decorated with mock.patch of one of these is white-box: it replaces a module that
 # the stdlib loop's implementation imported, which the loop under test does not use.
