@@ -690,6 +690,31 @@ impl LoopCore {
         }
     }
 
+    /// A snapshot of the callbacks waiting to run (the stdlib's `loop._ready`; read-only:
+    /// changing the list does not change the loop).
+    #[getter]
+    fn _ready(&self, py: Python<'_>) -> Vec<Py<Handle>> {
+        lock(&self.state)
+            .ready
+            .iter()
+            .filter_map(|entry| match entry {
+                Ready::Callback(handle) => Some(handle.clone_ref(py)),
+                Ready::Transport { .. } => None,
+            })
+            .collect()
+    }
+
+    /// A snapshot of the timers in the heap, cancelled ones included (the stdlib's
+    /// `loop._scheduled`, in heap order; read-only).
+    #[getter]
+    fn _scheduled(&self, py: Python<'_>) -> Vec<Py<Handle>> {
+        lock(&self.state)
+            .timers
+            .iter()
+            .map(|timer| timer.clone_ref(py))
+            .collect()
+    }
+
     /// Number of callbacks waiting to run (the stdlib's `len(loop._ready)`).
     fn _ready_count(&self) -> usize {
         lock(&self.state).ready.len()

@@ -121,6 +121,11 @@ impl<T> TimerHeap<T> {
         true
     }
 
+    /// The timers, in heap order (not deadline order).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|e| &e.timer)
+    }
+
     /// Removes every timer (the caller drops them outside its locks).
     pub fn drain_all(&mut self) -> Vec<T> {
         std::mem::take(&mut self.heap)
