@@ -37,9 +37,10 @@ def _in(prefix: str, entries: dict[str, str]) -> dict[str, str]:
 _NOT_INVOLVED = "the loop under test is not involved"
 
 # Classes and tests that would run on the loop under test.
-# Not here although they also peek at BaseEventLoop._ready/_scheduled:
-# test_base_events.BaseEventLoopTests.test_call_soon / test_call_later. They first check
-# isinstance(handle, asyncio.Handle / asyncio.TimerHandle), which a user can see.
+# Not here although they peek at BaseEventLoop._ready/_scheduled:
+# test_base_events.BaseEventLoopTests.test_call_soon / test_call_later. They also check
+# isinstance(handle, asyncio.Handle / asyncio.TimerHandle), which a user can see; ferroloop
+# passes them (its loop._ready/_scheduled are read-only snapshots).
 TESTS: dict[str, str] = {
     # EventLoopTestsMixin, instantiated on the loop under test by adapters.py.
     **_in(
