@@ -18,16 +18,14 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
-    PyValueError,
-};
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
+use crate::transport::flow::{is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use crate::transport::io::with_bytes;
 use crate::transport::IoTransport;
 
@@ -35,7 +33,6 @@ use crate::transport::IoTransport;
 const MAX_DATAGRAM: usize = 256 * 1024;
 /// Datagrams received per readiness before yielding to the rest of the loop.
 const DATAGRAMS_PER_TURN: usize = 64;
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
 
 struct DatagramState {
@@ -70,10 +67,6 @@ pub struct DatagramCore {
     /// The socket itself is connected (it has a peer): `send`, not `sendto`.
     connected: bool,
     state: Mutex<DatagramState>,
-}
-
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
 fn would_block(py: Python<'_>, err: &PyErr) -> bool {
@@ -318,48 +311,26 @@ impl DatagramCore {
         Self::schedule_connection_lost(slf, loop_, None)
     }
 
+    /// Pauses the protocol above the high mark or resumes it at the low one.
     fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
         let py = slf.py();
-        let protocol = {
+        let (protocol, transport) = {
             let mut state = slf.get().state();
-            let wanted = if pause {
+            let due = if pause {
                 !state.protocol_paused && state.queued > state.high_water
             } else {
                 state.protocol_paused && state.queued <= state.low_water
             };
-            if !wanted {
+            if !due {
                 return Ok(());
             }
             state.protocol_paused = pause;
-            state.protocol.as_ref().map(|p| p.clone_ref(py))
+            (
+                state.protocol.as_ref().map(|p| p.clone_ref(py)),
+                state.transport.as_ref().map(|t| t.clone_ref(py)),
+            )
         };
-        let Some(protocol) = protocol else {
-            return Ok(());
-        };
-        let method = if pause {
-            "pause_writing"
-        } else {
-            "resume_writing"
-        };
-        if let Err(err) = protocol.call_method0(py, method) {
-            if is_exit(py, &err) {
-                return Err(err);
-            }
-            let transport = slf
-                .get()
-                .state()
-                .transport
-                .as_ref()
-                .map(|t| t.clone_ref(py));
-            if let Some(transport) = transport {
-                transport.call_method1(
-                    py,
-                    "_report_error",
-                    (format!("protocol.{method}() failed"), err.into_value(py)),
-                )?;
-            }
-        }
-        Ok(())
+        tell_protocol(py, protocol, transport, pause)
     }
 
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -570,17 +541,11 @@ impl DatagramCore {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = water_marks(high, low)?;
         {
             let mut state = slf.get().state();
-            state.high_water = high as usize;
-            state.low_water = low as usize;
+            state.high_water = high;
+            state.low_water = low;
         }
         Self::maybe_pause_protocol(slf)
     }

@@ -1,6 +1,7 @@
 //! Transports: the per-packet halves of asyncio transports, driven by the loop's poller.
 
 pub mod datagram;
+pub mod flow;
 pub mod io;
 pub mod pipe;
 pub mod stream;

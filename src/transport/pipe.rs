@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{PyBrokenPipeError, PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::{PyBrokenPipeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
@@ -25,12 +25,12 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
+use crate::transport::flow::{consume, is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use crate::transport::io::{
     recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
 };
 use crate::transport::IoTransport;
 
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
 
 struct PipeState {
@@ -63,10 +63,6 @@ pub struct PipeCore {
     /// A write pipe watches for its reader going away (FIFOs and sockets).
     watch_peer: bool,
     state: Mutex<PipeState>,
-}
-
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
 impl PipeCore {
@@ -346,68 +342,32 @@ impl PipeCore {
         Ok(())
     }
 
+    /// Pauses the protocol above the high mark or resumes it at the low one.
     fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
         let py = slf.py();
-        let protocol = {
+        let (protocol, transport) = {
             let mut state = slf.get().state();
-            let wanted = if pause {
+            let due = if pause {
                 !state.protocol_paused && state.queued > state.high_water
             } else {
                 state.protocol_paused && state.queued <= state.low_water
             };
-            if !wanted {
+            if !due {
                 return Ok(());
             }
             state.protocol_paused = pause;
-            state.protocol.as_ref().map(|p| p.clone_ref(py))
+            (
+                state.protocol.as_ref().map(|p| p.clone_ref(py)),
+                state.transport.as_ref().map(|t| t.clone_ref(py)),
+            )
         };
-        let Some(protocol) = protocol else {
-            return Ok(());
-        };
-        let method = if pause {
-            "pause_writing"
-        } else {
-            "resume_writing"
-        };
-        if let Err(err) = protocol.call_method0(py, method) {
-            if is_exit(py, &err) {
-                return Err(err);
-            }
-            let transport = slf
-                .get()
-                .state()
-                .transport
-                .as_ref()
-                .map(|t| t.clone_ref(py));
-            if let Some(transport) = transport {
-                transport.call_method1(
-                    py,
-                    "_report_error",
-                    (format!("protocol.{method}() failed"), err.into_value(py)),
-                )?;
-            }
-        }
-        Ok(())
+        tell_protocol(py, protocol, transport, pause)
     }
 }
 
 impl PipeState {
-    fn consume(&mut self, mut n: usize) {
-        self.queued -= n;
-        while n > 0 {
-            let Some(front) = self.queue.front() else {
-                break;
-            };
-            let left = front.len() - self.front_sent;
-            if n >= left {
-                n -= left;
-                self.front_sent = 0;
-                self.queue.pop_front();
-            } else {
-                self.front_sent += n;
-                n = 0;
-            }
-        }
+    fn consume(&mut self, n: usize) {
+        consume(&mut self.queue, &mut self.front_sent, &mut self.queued, n);
     }
 }
 
@@ -629,17 +589,11 @@ impl PipeCore {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = water_marks(high, low)?;
         {
             let mut state = slf.get().state();
-            state.high_water = high as usize;
-            state.low_water = low as usize;
+            state.high_water = high;
+            state.low_water = low;
         }
         Self::flow_control(slf, true)
     }

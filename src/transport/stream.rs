@@ -30,13 +30,12 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
+use crate::transport::flow::{consume, is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use crate::transport::io::{
     recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
 };
 use crate::transport::IoTransport;
 
-/// The stdlib's default high-water mark; the low one is a quarter of it.
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// After this many writes to a lost connection, each further one logs a warning.
 const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
 
@@ -312,9 +311,7 @@ impl StreamCore {
     /// a fatal error of the transport.
     fn protocol_failed(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-            || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
-        {
+        if is_exit(py, &err) {
             return Err(err);
         }
         Self::fatal_error(slf, err, message)
@@ -489,61 +486,33 @@ impl StreamCore {
     }
 
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut state = slf.get().state();
-            if state.queued <= state.high_water || state.protocol_paused {
-                return Ok(());
-            }
-            state.protocol_paused = true;
-            state.protocol.as_ref().map(|p| p.protocol.clone_ref(py))
-        };
-        Self::call_flow_control(slf, protocol, "pause_writing")
+        Self::flow_control(slf, true)
     }
 
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut state = slf.get().state();
-            if !state.protocol_paused || state.queued > state.low_water {
-                return Ok(());
-            }
-            state.protocol_paused = false;
-            state.protocol.as_ref().map(|p| p.protocol.clone_ref(py))
-        };
-        Self::call_flow_control(slf, protocol, "resume_writing")
+        Self::flow_control(slf, false)
     }
 
-    fn call_flow_control(
-        slf: &Bound<'_, Self>,
-        protocol: Option<Py<PyAny>>,
-        method: &str,
-    ) -> PyResult<()> {
+    /// Pauses the protocol above the high mark or resumes it at the low one.
+    fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
         let py = slf.py();
-        let Some(protocol) = protocol else {
-            return Ok(());
+        let (protocol, transport) = {
+            let mut state = slf.get().state();
+            let due = if pause {
+                !state.protocol_paused && state.queued > state.high_water
+            } else {
+                state.protocol_paused && state.queued <= state.low_water
+            };
+            if !due {
+                return Ok(());
+            }
+            state.protocol_paused = pause;
+            (
+                state.protocol.as_ref().map(|p| p.protocol.clone_ref(py)),
+                state.transport.as_ref().map(|t| t.clone_ref(py)),
+            )
         };
-        if let Err(err) = protocol.call_method0(py, method) {
-            if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-                || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
-            {
-                return Err(err);
-            }
-            let transport = slf
-                .get()
-                .state()
-                .transport
-                .as_ref()
-                .map(|t| t.clone_ref(py));
-            if let Some(transport) = transport {
-                transport.call_method1(
-                    py,
-                    "_report_error",
-                    (format!("protocol.{method}() failed"), err.into_value(py)),
-                )?;
-            }
-        }
-        Ok(())
+        tell_protocol(py, protocol, transport, pause)
     }
 
     /// Called by the loop when the fd is ready.
@@ -572,22 +541,8 @@ impl StreamCore {
 
 impl StreamState {
     /// Drops `n` sent bytes from the front of the queue.
-    fn consume(&mut self, mut n: usize) {
-        self.queued -= n;
-        while n > 0 {
-            let Some(front) = self.queue.front() else {
-                break;
-            };
-            let left = front.len() - self.front_sent;
-            if n >= left {
-                n -= left;
-                self.front_sent = 0;
-                self.queue.pop_front();
-            } else {
-                self.front_sent += n;
-                n = 0;
-            }
-        }
+    fn consume(&mut self, n: usize) {
+        consume(&mut self.queue, &mut self.front_sent, &mut self.queued, n);
     }
 }
 
@@ -832,18 +787,11 @@ impl StreamCore {
         let signed = |v: Option<&Bound<'_, PyAny>>| -> PyResult<Option<i64>> {
             v.map(|v| v.extract::<i64>()).transpose()
         };
-        let (high, low) = (signed(high)?, signed(low)?);
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
-        let low = low.unwrap_or(high.div_euclid(4)); // Python's floor division
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = water_marks(signed(high)?, signed(low)?)?;
         {
             let mut state = slf.get().state();
-            state.high_water = high as usize;
-            state.low_water = low as usize;
+            state.high_water = high;
+            state.low_water = low;
         }
         Self::maybe_pause_protocol(slf)
     }

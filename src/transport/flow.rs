@@ -1,0 +1,87 @@
+//! Write-side pieces every transport shares: the queue of unsent bytes, the water marks,
+//! and telling the protocol to pause or resume writing.
+
+use std::collections::VecDeque;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::prelude::*;
+
+/// The stdlib's default high-water mark; the low one is a quarter of it.
+pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// `set_write_buffer_limits(high, low)` as the stdlib reads it: a missing mark is derived
+/// from the other (high = 4 × low, low = high // 4), and `high >= low >= 0` must hold.
+/// Returns `(high, low)`.
+pub fn water_marks(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {
+    let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH_WATER as i64, |l| 4 * l));
+    let low = low.unwrap_or(high.div_euclid(4)); // Python's floor division
+    if !(high >= low && low >= 0) {
+        return Err(PyValueError::new_err(format!(
+            "high ({high}) must be >= low ({low}) must be >= 0"
+        )));
+    }
+    Ok((high as usize, low as usize))
+}
+
+/// Drops `n` sent bytes from the front of `queue`, whose front chunk is already sent up
+/// to `front_sent`; `queued` counts the unsent bytes.
+pub fn consume(
+    queue: &mut VecDeque<Vec<u8>>,
+    front_sent: &mut usize,
+    queued: &mut usize,
+    mut n: usize,
+) {
+    *queued -= n;
+    while n > 0 {
+        let Some(front) = queue.front() else {
+            break;
+        };
+        let left = front.len() - *front_sent;
+        if n >= left {
+            n -= left;
+            *front_sent = 0;
+            queue.pop_front();
+        } else {
+            *front_sent += n;
+            n = 0;
+        }
+    }
+}
+
+/// KeyboardInterrupt and SystemExit: what must stop the loop rather than be reported.
+pub fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// Calls `protocol.pause_writing()` (or `resume_writing()`); a failure goes to the
+/// exception handler through `transport._report_error`, as on the stdlib loop, except
+/// KeyboardInterrupt/SystemExit, which propagate.
+pub fn tell_protocol(
+    py: Python<'_>,
+    protocol: Option<Py<PyAny>>,
+    transport: Option<Py<PyAny>>,
+    pause: bool,
+) -> PyResult<()> {
+    let Some(protocol) = protocol else {
+        return Ok(());
+    };
+    let method = if pause {
+        "pause_writing"
+    } else {
+        "resume_writing"
+    };
+    let Err(err) = protocol.call_method0(py, method) else {
+        return Ok(());
+    };
+    if is_exit(py, &err) {
+        return Err(err);
+    }
+    if let Some(transport) = transport {
+        transport.call_method1(
+            py,
+            "_report_error",
+            (format!("protocol.{method}() failed"), err.into_value(py)),
+        )?;
+    }
+    Ok(())
+}
