@@ -77,13 +77,36 @@ def _normalise(text: str) -> str:
     return re.sub(r"\b0x[0-9a-fA-F]+\b", "0x<address>", text)
 
 
+# Examples whose two tasks print at (nearly) the same instant: which prints first is up to
+# the scheduler on any loop, so only each task's own order is compared there.
+RACY_INTERLEAVING = {
+    # print_numbers' 8th tick (8 x 0.25 s) and the value fetched after sleep(2) come due
+    # within milliseconds of each other; a loaded machine flips them on either loop.
+    "task_return_value.py": lambda line: line.isdigit(),
+}
+
+
+def _per_task(text: str, is_first_task) -> tuple[list[str], list[str], list[str]]:
+    lines = text.splitlines()
+    return (
+        sorted(lines),
+        [line for line in lines if is_first_task(line)],
+        [line for line in lines if not is_first_task(line)],
+    )
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_the_same_on_ferroloop(started: dict, name: str) -> None:
     stdlib_status, stdlib_out, stdlib_err = _finish(started[name, False])
     status, out, err = _finish(started[name, True])
     assert stdlib_status == 0, f"{name} fails on the stdlib loop:\n{stdlib_err}"
     assert stdlib_out, f"{name} prints nothing; nothing to compare"
-    assert (status, _normalise(out)) == (stdlib_status, _normalise(stdlib_out)), err
+    assert status == stdlib_status, err
+    split = RACY_INTERLEAVING.get(name)
+    if split is None:
+        assert _normalise(out) == _normalise(stdlib_out), err
+    else:
+        assert _per_task(_normalise(out), split) == _per_task(_normalise(stdlib_out), split), err
     # Warnings, "Task was destroyed", "Exception ignored in": the same ones, or none.
     assert _normalise(err) == _normalise(stdlib_err)
 
