@@ -7,11 +7,10 @@ libraries check and the extra info, and binds the core's methods as its own.
 from __future__ import annotations
 
 import socket
-import warnings
 from asyncio import futures, transports, trsock
-from asyncio.log import logger
 from typing import Any
 
+from ._core_transport import CoreTransport
 from ._ferroloop import DatagramCore
 
 _CORE_METHODS = (
@@ -28,7 +27,7 @@ _CORE_METHODS = (
 )
 
 
-class DatagramTransport(transports.DatagramTransport, transports.Transport):
+class DatagramTransport(CoreTransport, transports.DatagramTransport, transports.Transport):
     """A datagram transport over a bound, non-blocking datagram socket.
 
     Also an ``asyncio.Transport``, as the stdlib's datagram transports are (libraries and
@@ -56,7 +55,7 @@ class DatagramTransport(transports.DatagramTransport, transports.Transport):
             except OSError:
                 self._extra["peername"] = None
         self._loop = loop
-        self._sock = sock
+        self._sock = self._file = sock
         self._sock_fd = sock.fileno()
         self._address = address
         connected = bool(self._extra["peername"])
@@ -94,15 +93,6 @@ class DatagramTransport(transports.DatagramTransport, transports.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._core.set_write_buffer_limits(high, low)
 
-    def get_protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._core.set_protocol(protocol)
-
-    def _force_close(self, exc: BaseException | None) -> None:
-        self._core._force_close(exc)
-
     def __repr__(self) -> str:
         fd, closed, closing, queued = self._core._describe()
         info = [type(self).__name__]
@@ -115,28 +105,3 @@ class DatagramTransport(transports.DatagramTransport, transports.Transport):
             info.append("read=polling")
             info.append(f"write=<{'polling' if queued else 'idle'}, bufsize={queued}>")
         return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        core = getattr(self, "_core", None)
-        if core is not None and not core._describe()[1]:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
-
-    # Called by the core.
-
-    def _report_fatal_error(self, exc: BaseException, message: str) -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-            return
-        self._report_error(message, exc)
-
-    def _report_error(self, message: str, exc: BaseException) -> None:
-        self._loop.call_exception_handler(
-            {
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self.get_protocol(),
-            }
-        )

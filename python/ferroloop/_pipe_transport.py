@@ -3,13 +3,14 @@ Rust ``PipeCore``; subprocess pipes use them too."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-import warnings
 from asyncio import futures, transports
 from asyncio.log import logger
 from typing import Any
 
+from ._core_transport import CoreTransport
 from ._ferroloop import PipeCore
 
 _READ_METHODS = ("pause_reading", "resume_reading", "is_reading", "close", "is_closing")
@@ -27,7 +28,7 @@ _WRITE_METHODS = (
 )
 
 
-class _PipeTransportBase:
+class _PipeTransportBase(CoreTransport):
     """What both pipe transports share: set-up, repr, reports, the unclosed warning."""
 
     _core: PipeCore
@@ -36,7 +37,7 @@ class _PipeTransportBase:
     def _setup(self, loop: Any, pipe: Any, protocol: Any, writer: bool, watch_peer: bool) -> None:
         self._extra["pipe"] = pipe
         self._loop = loop
-        self._pipe = pipe
+        self._pipe = self._file = pipe
         self._fileno = pipe.fileno()
         os.set_blocking(self._fileno, False)
         core = PipeCore(loop, pipe, protocol, self, writer, watch_peer)
@@ -44,20 +45,11 @@ class _PipeTransportBase:
         for name in _WRITE_METHODS if writer else _READ_METHODS:
             setattr(self, name, getattr(core, name))
 
-    def get_protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._core.set_protocol(protocol)
-
     def is_closing(self) -> bool:
         return self._core.is_closing()
 
     def close(self) -> None:
         self._core.close()
-
-    def _force_close(self, exc: BaseException | None) -> None:
-        self._core._force_close(exc)
 
     def __repr__(self) -> str:
         fd, closed, closing, _polling, queued = self._core._describe()
@@ -73,37 +65,16 @@ class _PipeTransportBase:
             info.append(f"bufsize={queued}")
         return "<{}>".format(" ".join(info))
 
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        core = getattr(self, "_core", None)
-        if core is not None and not core._describe()[1]:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._pipe.close()
+    def _is_quiet_error(self, exc: BaseException) -> bool:
+        # A PTY master reads EIO once its slave closes; a write pipe's OSErrors are the
+        # reader going away: neither is a bug (as on the stdlib loop).
+        return isinstance(exc, OSError) and (self._quiet_oserrors or exc.errno == errno.EIO)
 
     # Called by the core.
 
     def _log_closed_by_peer(self) -> None:
         if self._loop.get_debug():
             logger.info("%r was closed by peer", self)
-
-    def _report_fatal_error(self, exc: BaseException, message: str) -> None:
-        # A PTY master reads EIO once its slave closes; a write pipe's OSErrors are the
-        # reader going away: neither is a bug, so debug log only (as the stdlib does).
-        quiet = isinstance(exc, OSError) and (self._quiet_oserrors or exc.errno == 5)
-        if quiet:
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-            return
-        self._report_error(message, exc)
-
-    def _report_error(self, message: str, exc: BaseException) -> None:
-        self._loop.call_exception_handler(
-            {
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self.get_protocol(),
-            }
-        )
 
 
 class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):

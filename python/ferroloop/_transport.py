@@ -9,11 +9,10 @@ goes straight to Rust with no Python frame in between.
 from __future__ import annotations
 
 import socket
-import warnings
 from asyncio import constants, futures, transports, trsock
-from asyncio.log import logger
 from typing import Any
 
+from ._core_transport import CoreTransport
 from ._ferroloop import StreamCore
 
 # The core methods each transport exposes directly.
@@ -47,7 +46,7 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class SocketTransport(transports.Transport):
+class SocketTransport(CoreTransport, transports.Transport):
     """A stream transport over a connected, non-blocking TCP or Unix socket."""
 
     # loop.sendfile may use os.sendfile on the socket; loop.start_tls may wrap it in TLS.
@@ -76,7 +75,7 @@ class SocketTransport(transports.Transport):
                 self._extra["peername"] = None
         _set_nodelay(sock)
         self._loop = loop
-        self._sock = sock
+        self._sock = self._file = sock
         self._sock_fd = sock.fileno()
         self._empty_waiter: futures.Future | None = None
         core = StreamCore(loop, sock, protocol, self, server)
@@ -135,15 +134,6 @@ class SocketTransport(transports.Transport):
     def get_write_buffer_size(self) -> int:
         return self._core.get_write_buffer_size()
 
-    def get_protocol(self) -> Any:
-        return self._core.get_protocol()
-
-    def set_protocol(self, protocol: Any) -> None:
-        self._core.set_protocol(protocol)
-
-    def _force_close(self, exc: BaseException | None) -> None:
-        self._core._force_close(exc)
-
     @property
     def _protocol_paused(self) -> bool:
         return self._core._protocol_paused
@@ -160,14 +150,6 @@ class SocketTransport(transports.Transport):
             info.append(f"read={'polling' if reading else 'idle'}")
             info.append(f"write=<{'polling' if queued else 'idle'}, bufsize={queued}>")
         return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        core = getattr(self, "_core", None)
-        if core is not None and not core._describe()[1]:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock = self._extra.get("socket")
-            if sock is not None:
-                sock._sock.close()
 
     # loop.sendfile: wait for the queue to empty, then no writes until it is done.
 
@@ -200,21 +182,3 @@ class SocketTransport(transports.Transport):
             waiter.set_result(None)
         else:
             waiter.set_exception(exc)
-
-    def _report_fatal_error(self, exc: BaseException, message: str) -> None:
-        if isinstance(exc, OSError):
-            # Connection errors are the peer's doing, not a bug: debug log only.
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-            return
-        self._report_error(message, exc)
-
-    def _report_error(self, message: str, exc: BaseException) -> None:
-        self._loop.call_exception_handler(
-            {
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self.get_protocol(),
-            }
-        )
