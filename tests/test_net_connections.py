@@ -802,12 +802,15 @@ def test_accept_out_of_file_descriptors_is_reported_and_retried(loop):
         client = socket.socket()
         client.setblocking(False)
         # Leave accept() no free fd number; the kernel completes the handshake regardless.
+        # The listing's own directory fd may be the highest number and is closed again, so
+        # fill until open() hands out a number at or above it: then every lower one is taken.
         highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         fillers = []
-        while (fd := os.open(os.devnull, os.O_RDONLY)) < highest:
-            fillers.append(fd)
-        os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        while True:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+            if fillers[-1] >= highest:
+                break
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fillers[-1] + 1, hard))
         try:
             try:
                 client.connect(("127.0.0.1", port))
