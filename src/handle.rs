@@ -19,6 +19,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 use pyo3::{ffi, IntoPyObjectExt};
+use pyo3::{PyTraverseError, PyVisit};
 
 /// The callback and arguments of a handle that has not been cancelled.
 struct Call {
@@ -34,20 +35,26 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a handle holds that cancelling or the garbage collector may take away.
+struct Slots {
+    call: Option<Call>,
+    /// `None` only once the garbage collector has cleared the handle.
+    context: Option<Py<PyAny>>,
+    /// In debug mode, the repr taken when the handle was cancelled, so that logs still
+    /// name the callback it no longer holds (the stdlib's `_repr`).
+    cancelled_repr: Option<String>,
+}
+
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or a reader/writer.
 #[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
-    call: Mutex<Option<Call>>,
-    context: Py<PyAny>,
+    slots: Mutex<Slots>,
     cancelled: AtomicBool,
     /// The stack where the handle was created, kept only in debug mode (stdlib's
     /// `_source_traceback`).
     source_traceback: Option<Py<PyAny>>,
     /// Set for timers (`TimerHandle`).
     timer: Option<TimerState>,
-    /// In debug mode, the repr taken when the handle was cancelled, so that logs still
-    /// name the callback it no longer holds (the stdlib's `_repr`).
-    cancelled_repr: Mutex<Option<String>>,
 }
 
 /// What a timer adds to a handle: its deadline and its place in the loop's heap.
@@ -84,12 +91,14 @@ impl Handle {
             None => copy_current_context(py)?,
         };
         Ok(Self {
-            call: Mutex::new(Some(Call { callback, args })),
-            context,
+            slots: Mutex::new(Slots {
+                call: Some(Call { callback, args }),
+                context: Some(context),
+                cancelled_repr: None,
+            }),
             cancelled: AtomicBool::new(false),
             source_traceback,
             timer,
-            cancelled_repr: Mutex::new(None),
         })
     }
 
@@ -131,11 +140,20 @@ impl Handle {
 
     /// Calls the callback in the handle's context. A cancelled handle does nothing.
     pub fn run(&self, py: Python<'_>) -> PyResult<()> {
-        let (callback, args) = match lock(&self.call).as_ref() {
-            Some(call) => (call.callback.clone_ref(py), call.args.clone_ref(py)),
-            None => return Ok(()),
+        // Borrowed out as `Bound`s: their drop is a plain decref.
+        let (callback, args, context) = match &*lock(&self.slots) {
+            Slots {
+                call: Some(call),
+                context: Some(context),
+                ..
+            } => (
+                call.callback.bind(py).clone(),
+                call.args.bind(py).clone(),
+                context.bind(py).clone(),
+            ),
+            _ => return Ok(()),
         };
-        let context = self.context.as_ptr();
+        let context = context.as_ptr();
         // SAFETY: we are attached to the interpreter (`py`). `context` is a live
         // contextvars.Context (checked when the handle was made), `args` is a live tuple we
         // hold a reference to for the whole call, so its item array stays valid, and
@@ -166,9 +184,14 @@ impl Handle {
     }
 
     fn callback(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
-        lock(&self.call)
+        lock(&self.slots)
+            .call
             .as_ref()
             .map(|c| (c.callback.clone_ref(py), c.args.clone_ref(py)))
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.slots).context.as_ref().map(|c| c.clone_ref(py))
     }
 }
 
@@ -202,10 +225,10 @@ impl Handle {
         // Debug mode (the only time a handle keeps its source traceback) freezes the repr.
         if this.source_traceback.is_some() {
             let repr = handle_repr(slf.as_any())?;
-            *lock(&this.cancelled_repr) = Some(repr);
+            lock(&this.slots).cancelled_repr = Some(repr);
         }
         // Taken out under the lock, dropped after it: dropping may run `__del__` code.
-        let call = lock(&this.call).take();
+        let call = lock(&this.slots).call.take();
         drop(call);
         Ok(())
     }
@@ -215,8 +238,8 @@ impl Handle {
     }
 
     /// The `contextvars.Context` the callback runs in.
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     #[getter]
@@ -230,8 +253,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     #[getter]
@@ -266,10 +289,32 @@ impl Handle {
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        if let Some(repr) = lock(&slf.get().cancelled_repr).as_ref() {
+        if let Some(repr) = lock(&slf.get().slots).cancelled_repr.as_ref() {
             return Ok(repr.clone());
         }
         handle_repr(slf.as_any())
+    }
+
+    /// A handle that holds a bound method of an object that holds the handle is a cycle
+    /// (`self._timer = loop.call_later(t, self._expire)`): the collector must see it.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never held while Python code runs, so a held lock means another thread's brief use.
+        if let Ok(slots) = self.slots.try_lock() {
+            if let Some(call) = &slots.call {
+                visit.call(&call.callback)?;
+                visit.call(&call.args)?;
+            }
+            visit.call(&slots.context)?;
+        }
+        visit.call(&self.source_traceback)
+    }
+
+    fn __clear__(&self) {
+        let taken = {
+            let mut slots = lock(&self.slots);
+            (slots.call.take(), slots.context.take())
+        };
+        drop(taken);
     }
 }
 

@@ -342,6 +342,31 @@ def test_cancelled_timer_releases_its_callback_and_args_at_once(loop):
     assert ref() is None
 
 
+class HoldsItsHandles:
+    def tick(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("context_holds_it", [False, True])
+def test_object_and_the_handles_it_holds_are_collected_as_a_cycle(loop, context_holds_it):
+    # `self._timer = loop.call_later(t, self.tick)` makes a cycle through the handle; so
+    # does a context variable whose value holds the handle.
+    holder = HoldsItsHandles()
+    ref = weakref.ref(holder)
+    var = contextvars.ContextVar("holder")
+    context = contextvars.copy_context()
+    if context_holds_it:
+        context.run(var.set, holder)
+    holder.soon = loop.call_soon(holder.tick, holder, context=context)
+    holder.later = loop.call_later(0, holder.tick, context=context)
+    holder.cancelled = loop.call_later(3600, holder.tick)
+    holder.cancelled.cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    del holder, context
+    gc.collect()
+    assert ref() is None
+
+
 def test_closed_loop_can_be_garbage_collected(loop_factory):
     lp = loop_factory()
     lp.call_soon(lp.stop)
