@@ -31,7 +31,9 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::clock;
 use crate::errors::os_error;
-use crate::handle::{closed_loop_error, lock, Handle, TimerHandle, TimerState};
+use crate::handle::{
+    closed_loop_error, hide_while_queued, leave_queue, lock, Handle, TimerHandle, TimerState,
+};
 use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
 use crate::timers::TimerHeap;
 use crate::transport::IoTransport;
@@ -196,9 +198,113 @@ impl LoopCore {
             Some(TimerState::new(when, self.timers_cancelled.clone())),
         )?;
         let timer = Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
+        hide_while_queued(timer.bind(py));
         let as_handle: Py<Handle> = timer.clone_ref(py).into_bound(py).into_super().unbind();
         lock(&self.state).timers.push(when, as_handle);
         Ok(timer)
+    }
+
+    /// `call_soon` (entered through `fastcall.rs`).
+    pub fn schedule_soon<'py>(
+        &self,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = callback.py();
+        self.check_closed()?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        if debug {
+            self.check_thread()?;
+            self.check_callback(&callback, "call_soon")?;
+        }
+        let handle = self.make_handle(py, callback, args, context, debug)?;
+        hide_while_queued(handle.bind(py));
+        self.push_ready(py, &handle);
+        Ok(handle.into_bound(py))
+    }
+
+    /// `call_soon_threadsafe`: like `call_soon`, from any thread; wakes the loop if asleep.
+    pub fn schedule_threadsafe<'py>(
+        &self,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = callback.py();
+        self.check_closed()?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        if debug {
+            self.check_callback(&callback, "call_soon_threadsafe")?;
+        }
+        let handle = self.make_handle(py, callback, args, context, debug)?;
+        hide_while_queued(handle.bind(py));
+        let waker = {
+            let mut state = lock(&self.state);
+            state.ready.push_back(Ready::Callback(handle.clone_ref(py)));
+            if self.sleeping.swap(false, Ordering::SeqCst) {
+                state.waker.clone()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            // A failed wake-up (only if the loop closed meanwhile) loses nothing.
+            let _ = waker.wake();
+        }
+        Ok(handle.into_bound(py))
+    }
+
+    /// `call_later`: `callback(*args)` after `delay` seconds.
+    pub fn schedule_later<'py>(
+        &self,
+        delay: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        let py = delay.py();
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let now = clock::monotonic();
+        let is_number = delay.is_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>();
+        let when = match delay.extract::<f64>() {
+            Ok(delay) if is_number => now + delay,
+            // Anything else adds the way the stdlib's `self.time() + delay` does, with its
+            // errors (numpy scalars work, strings raise the usual TypeError).
+            _ => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
+        };
+        self.schedule_timer(py, when, callback, args, context)
+            .map(|timer| timer.into_bound(py))
+    }
+
+    /// `call_at`: like `call_later`, with an absolute time on the loop clock.
+    pub fn schedule_at<'py>(
+        &self,
+        when: &Bound<'py, PyAny>,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        let py = when.py();
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        // The stdlib accepts any object here and fails when the heap compares it with
+        // another deadline; we fail at once, with that comparison's error.
+        let when: f64 = when.extract().map_err(|_| {
+            let name = when
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "object".into());
+            PyTypeError::new_err(format!(
+                "'<' not supported between instances of '{name}' and 'float'"
+            ))
+        })?;
+        self.schedule_timer(py, when, callback, args, context)
+            .map(|timer| timer.into_bound(py))
     }
 
     /// Registers a transport's fd with the poller.
@@ -441,6 +547,7 @@ impl LoopCore {
             };
             let h = handle.get();
             if h.is_cancelled() {
+                leave_queue(py, handle);
                 continue;
             }
             let started = if debug { clock::monotonic() } else { 0.0 };
@@ -462,6 +569,7 @@ impl LoopCore {
                         .map(drop);
                 }
             }
+            leave_queue(py, handle);
             if let Err(err) = outcome {
                 let mut state = lock(&self.state);
                 while let Some(rest) = batch.pop_back() {
@@ -497,10 +605,10 @@ impl LoopCore {
         let py = slf.py();
         let mut garbage = Vec::new();
         let timeout = self.poll_timeout(&mut garbage);
-        for timer in &garbage {
+        for timer in garbage {
             timer.get().unschedule();
+            leave_queue(py, timer);
         }
-        drop(garbage);
         let polled = self.poll_io(py, timeout);
         let mut garbage = Vec::new();
         let mut batch = match polled {
@@ -510,7 +618,9 @@ impl LoopCore {
                 return Err(err);
             }
         };
-        drop(garbage);
+        for timer in garbage {
+            leave_queue(py, timer);
+        }
         let outcome = self.run_batch(slf, &mut batch);
         self.rearm_and_recycle(batch);
         outcome
@@ -545,108 +655,6 @@ impl LoopCore {
             running_thread: AtomicU64::new(0),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
         })
-    }
-
-    /// Arrange for `callback(*args)` to be called soon, in FIFO order.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        &self,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = callback.py();
-        self.check_closed()?;
-        let debug = self.debug.load(Ordering::Relaxed);
-        if debug {
-            self.check_thread()?;
-            self.check_callback(&callback, "call_soon")?;
-        }
-        let handle = self.make_handle(py, callback, args, context, debug)?;
-        self.push_ready(py, &handle);
-        Ok(handle)
-    }
-
-    /// Like `call_soon`, but callable from any thread: wakes the loop if it is asleep.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        &self,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = callback.py();
-        self.check_closed()?;
-        let debug = self.debug.load(Ordering::Relaxed);
-        if debug {
-            self.check_callback(&callback, "call_soon_threadsafe")?;
-        }
-        let handle = self.make_handle(py, callback, args, context, debug)?;
-        let waker = {
-            let mut state = lock(&self.state);
-            state.ready.push_back(Ready::Callback(handle.clone_ref(py)));
-            if self.sleeping.swap(false, Ordering::SeqCst) {
-                state.waker.clone()
-            } else {
-                None
-            }
-        };
-        if let Some(waker) = waker {
-            // A failed wake-up (only if the loop closed meanwhile) loses nothing.
-            let _ = waker.wake();
-        }
-        Ok(handle)
-    }
-
-    /// Arrange for `callback(*args)` to be called after `delay` seconds.
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
-        &self,
-        delay: &Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let py = delay.py();
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let now = clock::monotonic();
-        let is_number = delay.is_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>();
-        let when = match delay.extract::<f64>() {
-            Ok(delay) if is_number => now + delay,
-            // Anything else adds the way the stdlib's `self.time() + delay` does, with its
-            // errors (numpy scalars work, strings raise the usual TypeError).
-            _ => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
-        };
-        self.schedule_timer(py, when, callback, args, context)
-    }
-
-    /// Like `call_later`, with an absolute time on the loop clock (`loop.time()`).
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
-        &self,
-        when: &Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        // The stdlib accepts any object here and fails when the heap compares it with
-        // another deadline; we fail at once, with that comparison's error.
-        let when: f64 = when.extract().map_err(|_| {
-            let name = when
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "object".into());
-            PyTypeError::new_err(format!(
-                "'<' not supported between instances of '{name}' and 'float'"
-            ))
-        })?;
-        self.schedule_timer(callback.py(), when, callback, args, context)
     }
 
     /// The loop clock: `time.monotonic()`, at full resolution.
@@ -791,7 +799,7 @@ impl LoopCore {
 
     /// Marks the loop closed, drops every queued callback and timer and watcher, and
     /// closes the poller's fds. `Loop.close` does the checks and the executor.
-    fn _close_core(&self) {
+    fn _close_core(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Release);
         let (ready, spare, timers, watched) = {
             let mut state = lock(&self.state);
@@ -806,9 +814,16 @@ impl LoopCore {
             (ready, spare, timers, watched)
         };
         drop(lock(&self.poller).take());
-        for timer in &timers {
+        for timer in timers {
             timer.get().unschedule();
+            leave_queue(py, timer);
         }
-        drop((ready, spare, timers, watched));
+        for entry in ready.into_iter().chain(spare) {
+            match entry {
+                Ready::Callback(handle) => leave_queue(py, handle),
+                transport => drop(transport),
+            }
+        }
+        drop(watched);
     }
 }

@@ -195,6 +195,31 @@ impl Handle {
     }
 }
 
+/// Takes a new handle out of the garbage collector's view while only the loop's queue or
+/// heap needs it: a handle there is alive through the loop's reference, so the collector
+/// would only traverse it, at every young collection, to learn nothing. (What it holds
+/// stays alive meanwhile, as it must.) `leave_queue` puts it back in view if anyone else
+/// still holds it once the loop lets go, so cycles through it are collected as before.
+pub(crate) fn hide_while_queued(handle: &Bound<'_, PyAny>) {
+    // SAFETY: attached; `handle` is a live GC object that the caller just created, and
+    // untracking an object is always allowed (it only forgoes cycle detection).
+    unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
+}
+
+/// The loop drops its reference to a handle that left the ready queue or the timer heap.
+pub(crate) fn leave_queue(py: Python<'_>, handle: Py<Handle>) {
+    let handle = handle.into_bound(py);
+    let ptr = handle.as_ptr();
+    // SAFETY: attached; `ptr` is live (we hold a reference). Tracking is restored only on
+    // an untracked object, which CPython requires, and only when another holder remains:
+    // a handle about to be freed needs no tracking.
+    unsafe {
+        if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
+            ffi::PyObject_GC_Track(ptr.cast());
+        }
+    }
+}
+
 fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: attached to the interpreter; PyContext_CopyCurrent returns a new reference
     // or NULL with an exception set.

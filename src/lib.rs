@@ -3,6 +3,7 @@
 mod clock;
 mod errors;
 mod event_loop;
+mod fastcall;
 mod handle;
 mod poller;
 mod timers;
@@ -13,6 +14,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    fastcall::install(m.py())?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<transport::stream::StreamCore>()?;

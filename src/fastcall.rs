@@ -1,0 +1,292 @@
+//! Hand-written `METH_FASTCALL | METH_KEYWORDS` entry points for the four scheduling
+//! methods (`call_soon`, `call_soon_threadsafe`, `call_later`, `call_at`).
+//!
+//! These are the loop's hottest calls: every task step and future callback goes through
+//! `call_soon`. PyO3's generic argument extraction plus its trampoline cost about as much
+//! as the rest of `call_soon` together; parsing `(fixed..., *args, context=None)` here
+//! directly from the vector of arguments is a few comparisons.
+//!
+//! The methods are installed on `LoopCore` as ordinary method descriptors when the module
+//! is created, replacing nothing: `LoopCore` declares no methods of these names.
+//!
+//! # Implementation notes
+//! Everything here runs attached to the interpreter (CPython calls a method descriptor's
+//! function with the GIL held). Objects are held as `Bound`, whose drop is a plain
+//! decref. A panic is caught and raised as `SystemError`, never unwound into CPython.
+
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PySystemError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple, PyType};
+
+use crate::event_loop::LoopCore;
+
+/// The arguments of a scheduling method: its fixed positional parameters (the callback
+/// last), the callback's own arguments, and the `context` keyword.
+pub struct SchedulingArgs<'py, const FIXED: usize> {
+    pub fixed: [Bound<'py, PyAny>; FIXED],
+    pub args: Bound<'py, PyTuple>,
+    pub context: Option<Bound<'py, PyAny>>,
+}
+
+/// `Loop.call_soon() missing 1 required positional argument: 'callback'`, the shape of
+/// CPython's own message for a Python function.
+fn missing_error(method: &str, missing: &[&str]) -> PyErr {
+    let quoted: Vec<String> = missing.iter().map(|name| format!("'{name}'")).collect();
+    let (count, plural, list) = match quoted.as_slice() {
+        [one] => (1, "", one.clone()),
+        [rest @ .., last] => (rest.len() + 1, "s", format!("{} and {last}", rest.join(", "))),
+        [] => (0, "s", String::new()),
+    };
+    PyTypeError::new_err(format!(
+        "Loop.{method}() missing {count} required positional argument{plural}: {list}"
+    ))
+}
+
+/// Parses `(fixed[0], ..., *args, context=None)` from a vectorcall.
+///
+/// # Safety
+/// `args` points to `nargs + len(kwnames)` live object pointers, as CPython passes them to
+/// a `METH_FASTCALL | METH_KEYWORDS` function; `kwnames` is NULL or a tuple of str.
+unsafe fn parse<'py, const FIXED: usize>(
+    py: Python<'py>,
+    method: &str,
+    names: [&str; FIXED],
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<SchedulingArgs<'py, FIXED>> {
+    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+    let mut fixed: [Option<Bound<'py, PyAny>>; FIXED] = std::array::from_fn(|_| None);
+    for (slot, i) in fixed.iter_mut().zip(0..nargs) {
+        *slot = Some(Bound::from_borrowed_ptr(py, *args.add(i)));
+    }
+    let mut context = None;
+    if !kwnames.is_null() {
+        let kwnames = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
+        for (k, name) in kwnames.iter().enumerate() {
+            let value = Bound::from_borrowed_ptr(py, *args.add(nargs + k));
+            let name = name.cast_into::<PyString>()?;
+            let name = name.to_str()?;
+            if name == "context" {
+                context = Some(value);
+                continue;
+            }
+            match names.iter().position(|fixed_name| *fixed_name == name) {
+                Some(i) if fixed[i].is_some() => {
+                    return Err(PyTypeError::new_err(format!(
+                        "Loop.{method}() got multiple values for argument '{name}'"
+                    )))
+                }
+                Some(i) => fixed[i] = Some(value),
+                None => {
+                    return Err(PyTypeError::new_err(format!(
+                        "Loop.{method}() got an unexpected keyword argument '{name}'"
+                    )))
+                }
+            }
+        }
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .zip(&fixed)
+        .filter(|(_, value)| value.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing_error(method, &missing));
+    }
+    let rest = if nargs > FIXED {
+        let tuple = ffi::PyTuple_New((nargs - FIXED) as ffi::Py_ssize_t);
+        let tuple = Bound::from_owned_ptr_or_err(py, tuple)?;
+        for i in FIXED..nargs {
+            let item = *args.add(i);
+            ffi::Py_INCREF(item);
+            // Fills a fresh tuple's slot, which steals the reference just taken.
+            ffi::PyTuple_SET_ITEM(tuple.as_ptr(), (i - FIXED) as ffi::Py_ssize_t, item);
+        }
+        tuple.cast_into_unchecked::<PyTuple>()
+    } else {
+        PyTuple::empty(py)
+    };
+    Ok(SchedulingArgs {
+        fixed: fixed.map(|value| value.expect("checked above")),
+        args: rest,
+        context,
+    })
+}
+
+/// Runs `body` as the implementation of a fastcall method: a panic becomes SystemError,
+/// an error is raised, a result is returned as a new reference.
+///
+/// # Safety
+/// Called from CPython's method call with the interpreter attached; `slf` is a live
+/// object (an instance of `LoopCore`: method descriptors check their `self`).
+unsafe fn entry<const FIXED: usize>(
+    method: &str,
+    names: [&str; FIXED],
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    body: impl for<'py> FnOnce(
+        &Bound<'py, LoopCore>,
+        SchedulingArgs<'py, FIXED>,
+    ) -> PyResult<Bound<'py, PyAny>>,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
+        let parsed = parse(py, method, names, args, nargsf, kwnames)?;
+        body(&slf, parsed)
+    }));
+    match outcome {
+        Ok(Ok(result)) => result.into_ptr(),
+        Ok(Err(err)) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            PySystemError::new_err(format!("ferroloop: internal panic in Loop.{method}()"))
+                .restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+unsafe extern "C" fn call_soon(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry("call_soon", ["callback"], slf, args, nargsf, kwnames, |slf, a| {
+        let [callback] = a.fixed;
+        LoopCore::schedule_soon(slf.get(), callback, a.args, a.context).map(Bound::into_any)
+    })
+}
+
+unsafe extern "C" fn call_soon_threadsafe(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(
+        "call_soon_threadsafe",
+        ["callback"],
+        slf,
+        args,
+        nargsf,
+        kwnames,
+        |slf, a| {
+            let [callback] = a.fixed;
+            LoopCore::schedule_threadsafe(slf.get(), callback, a.args, a.context)
+                .map(Bound::into_any)
+        },
+    )
+}
+
+unsafe extern "C" fn call_later(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(
+        "call_later",
+        ["delay", "callback"],
+        slf,
+        args,
+        nargsf,
+        kwnames,
+        |slf, a| {
+            let [delay, callback] = a.fixed;
+            LoopCore::schedule_later(slf.get(), &delay, callback, a.args, a.context)
+                .map(Bound::into_any)
+        },
+    )
+}
+
+unsafe extern "C" fn call_at(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    entry(
+        "call_at",
+        ["when", "callback"],
+        slf,
+        args,
+        nargsf,
+        kwnames,
+        |slf, a| {
+            let [when, callback] = a.fixed;
+            LoopCore::schedule_at(slf.get(), &when, callback, a.args, a.context)
+                .map(Bound::into_any)
+        },
+    )
+}
+
+type Fastcall = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// (name, function, docstring with the `__text_signature__` CPython reads from it).
+const METHODS: [(&CStr, Fastcall, &CStr); 4] = [
+    (
+        c"call_soon",
+        call_soon,
+        c"call_soon($self, callback, *args, context=None)\n--\n\n\
+          Arrange for `callback(*args)` to be called soon, in FIFO order.",
+    ),
+    (
+        c"call_soon_threadsafe",
+        call_soon_threadsafe,
+        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n\
+          Like `call_soon`, but callable from any thread: wakes the loop if it is asleep.",
+    ),
+    (
+        c"call_later",
+        call_later,
+        c"call_later($self, delay, callback, *args, context=None)\n--\n\n\
+          Arrange for `callback(*args)` to be called after `delay` seconds.",
+    ),
+    (
+        c"call_at",
+        call_at,
+        c"call_at($self, when, callback, *args, context=None)\n--\n\n\
+          Like `call_later`, with an absolute time on the loop clock (`loop.time()`).",
+    ),
+];
+
+/// Adds the scheduling methods to `LoopCore` (once, at module creation).
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let class: Bound<'_, PyType> = py.get_type::<LoopCore>();
+    for (name, function, doc) in METHODS {
+        // The definition must outlive the type: leaked once per process, four of them.
+        let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: function,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr() as *const c_char,
+        }));
+        // SAFETY: attached; `class` is a live type object and `definition` lives forever.
+        let descriptor = unsafe {
+            let descriptor =
+                ffi::PyDescr_NewMethod(class.as_ptr() as *mut ffi::PyTypeObject, definition);
+            Bound::from_owned_ptr_or_err(py, descriptor)?
+        };
+        class.setattr(PyString::new(py, &name.to_string_lossy()), descriptor)?;
+    }
+    Ok(())
+}
