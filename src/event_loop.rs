@@ -198,7 +198,7 @@ impl LoopCore {
             Some(TimerState::new(when, self.timers_cancelled.clone())),
         )?;
         let timer = Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
-        hide_while_queued(timer.bind(py));
+        hide_while_queued(timer.bind(py).as_super());
         let as_handle: Py<Handle> = timer.clone_ref(py).into_bound(py).into_super().unbind();
         lock(&self.state).timers.push(when, as_handle);
         Ok(timer)

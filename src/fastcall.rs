@@ -38,7 +38,11 @@ fn missing_error(method: &str, missing: &[&str]) -> PyErr {
     let quoted: Vec<String> = missing.iter().map(|name| format!("'{name}'")).collect();
     let (count, plural, list) = match quoted.as_slice() {
         [one] => (1, "", one.clone()),
-        [rest @ .., last] => (rest.len() + 1, "s", format!("{} and {last}", rest.join(", "))),
+        [rest @ .., last] => (
+            rest.len() + 1,
+            "s",
+            format!("{} and {last}", rest.join(", ")),
+        ),
         [] => (0, "s", String::new()),
     };
     PyTypeError::new_err(format!(
@@ -163,10 +167,18 @@ unsafe extern "C" fn call_soon(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    entry("call_soon", ["callback"], slf, args, nargsf, kwnames, |slf, a| {
-        let [callback] = a.fixed;
-        LoopCore::schedule_soon(slf.get(), callback, a.args, a.context).map(Bound::into_any)
-    })
+    entry(
+        "call_soon",
+        ["callback"],
+        slf,
+        args,
+        nargsf,
+        kwnames,
+        |slf, a| {
+            let [callback] = a.fixed;
+            LoopCore::schedule_soon(slf.get(), callback, a.args, a.context).map(Bound::into_any)
+        },
+    )
 }
 
 unsafe extern "C" fn call_soon_threadsafe(

@@ -200,9 +200,13 @@ impl Handle {
 /// would only traverse it, at every young collection, to learn nothing. (What it holds
 /// stays alive meanwhile, as it must.) `leave_queue` puts it back in view if anyone else
 /// still holds it once the loop lets go, so cycles through it are collected as before.
-pub(crate) fn hide_while_queued(handle: &Bound<'_, PyAny>) {
-    // SAFETY: attached; `handle` is a live GC object that the caller just created, and
-    // untracking an object is always allowed (it only forgoes cycle detection).
+///
+/// The context copy stays in view: CPython's `Context` deallocator unlinks it from the
+/// collector's list unconditionally, which an untracked object would crash.
+pub(crate) fn hide_while_queued(handle: &Bound<'_, Handle>) {
+    // SAFETY: attached; `handle` is a live GC object the caller just created. Untracking
+    // is always allowed (it only forgoes cycle detection), and PyO3's deallocator untracks
+    // through `PyObject_GC_UnTrack`, which accepts an untracked object.
     unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
 }
 
@@ -210,9 +214,9 @@ pub(crate) fn hide_while_queued(handle: &Bound<'_, PyAny>) {
 pub(crate) fn leave_queue(py: Python<'_>, handle: Py<Handle>) {
     let handle = handle.into_bound(py);
     let ptr = handle.as_ptr();
-    // SAFETY: attached; `ptr` is live (we hold a reference). Tracking is restored only on
-    // an untracked object, which CPython requires, and only when another holder remains:
-    // a handle about to be freed needs no tracking.
+    // SAFETY: attached; `ptr` is live (`handle` holds it until the end of this function).
+    // Tracking is restored only on an untracked object, as CPython requires, and only
+    // when another holder remains: a handle about to be freed needs none.
     unsafe {
         if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
             ffi::PyObject_GC_Track(ptr.cast());

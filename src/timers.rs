@@ -12,26 +12,30 @@ use std::collections::BinaryHeap;
 const COMPACT_MIN_TIMERS: usize = 100;
 
 struct Entry<T> {
+    /// The order: deadline, then scheduling order; one integer, so that sifting through
+    /// the heap compares one number per step.
+    key: u128,
     when: f64,
-    seq: u64,
     timer: T,
 }
 
-impl<T> Entry<T> {
-    /// Deadlines order with NaN first: the stdlib runs a NaN deadline at once.
-    fn key(&self) -> (f64, u64) {
-        let when = if self.when.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            self.when
-        };
-        (when, self.seq)
+/// A deadline as an integer of the same order (IEEE-754 total order), NaN lowest: the
+/// stdlib runs a NaN deadline at once.
+fn ordered_bits(when: f64) -> u64 {
+    if when.is_nan() {
+        return 0;
+    }
+    let bits = when.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
     }
 }
 
 impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        self.key == other.key
     }
 }
 impl<T> Eq for Entry<T> {}
@@ -44,8 +48,7 @@ impl<T> Ord for Entry<T> {
     /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest deadline, and among
     /// equal deadlines the one scheduled first.
     fn cmp(&self, other: &Self) -> Ordering {
-        let (a, b) = (self.key(), other.key());
-        b.0.total_cmp(&a.0).then(b.1.cmp(&a.1))
+        other.key.cmp(&self.key)
     }
 }
 
@@ -68,7 +71,8 @@ impl<T> TimerHeap<T> {
     pub fn push(&mut self, when: f64, timer: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Entry { when, seq, timer });
+        let key = (ordered_bits(when) as u128) << 64 | seq as u128;
+        self.heap.push(Entry { key, when, timer });
     }
 
     pub fn len(&self) -> usize {
@@ -167,6 +171,26 @@ mod tests {
         heap.push(5.0, 1);
         heap.push(f64::NAN, 2);
         assert_eq!(due(&mut heap, 0.0), vec![2]);
+    }
+
+    #[test]
+    fn orders_negative_zero_and_infinite_deadlines() {
+        let mut heap = TimerHeap::default();
+        let deadlines = [
+            3.5,
+            -0.0,
+            f64::INFINITY,
+            -2.0,
+            0.0,
+            f64::NEG_INFINITY,
+            -1e-300,
+            1e-300,
+        ];
+        for (i, when) in deadlines.iter().enumerate() {
+            heap.push(*when, i as u32);
+        }
+        // -0.0 and 0.0 are equal deadlines for `<=` but total order puts -0.0 first.
+        assert_eq!(due(&mut heap, f64::INFINITY), vec![5, 3, 6, 1, 4, 7, 0, 2]);
     }
 
     #[test]

@@ -367,6 +367,30 @@ def test_object_and_the_handles_it_holds_are_collected_as_a_cycle(loop, context_
     assert ref() is None
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "cancelled timer"])
+@pytest.mark.parametrize("handle_kept", [False, True])
+def test_cycle_through_the_context_copied_for_a_handle_is_collected(loop, method, handle_kept):
+    # A value set in the handle's own context copy that holds the context (or the handle).
+    holder = HoldsItsHandles()
+    ref = weakref.ref(holder)
+    var = contextvars.ContextVar("holder")
+    if method == "call_soon":
+        handle = loop.call_soon(holder.tick)
+    else:
+        handle = loop.call_later(0 if method == "call_later" else 3600, holder.tick)
+        if method == "cancelled timer":
+            handle.cancel()
+    handle._context.run(var.set, holder)
+    holder.context = handle._context
+    if handle_kept:
+        holder.handle = handle
+    del handle
+    loop.run_until_complete(asyncio.sleep(0.01))
+    del holder
+    gc.collect()
+    assert ref() is None
+
+
 def test_closed_loop_can_be_garbage_collected(loop_factory):
     lp = loop_factory()
     lp.call_soon(lp.stop)
