@@ -9,7 +9,8 @@ A body that measures more than the time returns a ``Measurement``: the seconds p
 values of the ``Metric``s its benchmark declares (e.g. CPU time per operation), which the
 table shows as extra rows under the benchmark's row. A loop that does not implement what a
 body needs raises ``NotImplementedError`` (rloop does for Unix sockets): the table shows
-"unsupported" rather than an error.
+"unsupported" rather than an error; a body whose optional dependency (a module, a program
+such as wrk or cargo) is not installed raises ``Missing``: the table shows "missing".
 """
 
 from __future__ import annotations
@@ -34,9 +35,16 @@ class Metric:
 class Measurement:
     seconds: float  # the wall time of the n operations
     metrics: dict[str, float] = field(default_factory=dict)  # Metric.key -> value
+    ops: float | None = None  # operations done, when not n (a run of fixed duration, losses)
+
+
+class Missing(Exception):
+    """An optional dependency of a benchmark is not installed; the message says which."""
 
 
 Body = Callable[[asyncio.AbstractEventLoop, int], "float | Measurement"]
+# The same work without any event loop, e.g. a native server driven by the same client.
+NativeBody = Callable[[int], Measurement]
 
 
 @dataclass(frozen=True)
@@ -47,20 +55,40 @@ class Benchmark:
     work: int  # operations in one measurement, sized for ~0.2-0.5 s on the stdlib loop
     body: Body
     metrics: tuple[Metric, ...] = ()  # what the body's Measurement reports besides the time
+    quick_work: int | None = None  # the work under --quick, if less
+    scale: float = 1.0  # operations per unit of the rate, e.g. 2**30 bytes for GiB/s
+    warmup: bool = True  # run the body with a tenth of the work first (else it warms up itself)
+    work_unit: str = ""  # what work counts, if not operations, e.g. "s of load"
+    native: NativeBody | None = None  # the native ceiling of the same work
+
+    def work_for(self, quick: bool) -> int:
+        return self.quick_work if quick and self.quick_work else self.work
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def benchmark(
-    name: str, *, title: str, unit: str, work: int, metrics: tuple[Metric, ...] = ()
+    name: str,
+    *,
+    title: str,
+    unit: str,
+    work: int,
+    metrics: tuple[Metric, ...] = (),
+    quick_work: int | None = None,
+    scale: float = 1.0,
+    warmup: bool = True,
+    work_unit: str = "",
+    native: NativeBody | None = None,
 ) -> Callable[[Body], Body]:
     """Register ``body`` as the benchmark ``name``."""
 
     def register(body: Body) -> Body:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} is registered twice")
-        BENCHMARKS[name] = Benchmark(name, title, unit, work, body, metrics)
+        BENCHMARKS[name] = Benchmark(
+            name, title, unit, work, body, metrics, quick_work, scale, warmup, work_unit, native
+        )
         return body
 
     return register

@@ -9,6 +9,8 @@ speed hits every loop alike. Prints a markdown table of throughput: median (min-
 loop, and the ratios ferroloop/asyncio and ferroloop/uvloop (above 1: ferroloop is faster).
 A benchmark's extra metrics (e.g. server CPU µs per round trip; lower is better) get rows of
 their own, whose ratios are inverted (other/ferroloop), so above 1 still means ferroloop wins.
+Benchmarks with a native ceiling (a Rust server on mio, same client) also get a "native"
+column, and a line under the table says how close ferroloop comes to it.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-from harness import BENCHMARKS, DEFAULT_LOOPS, LoopSpec, Measurement
+from harness import BENCHMARKS, DEFAULT_LOOPS, Benchmark, LoopSpec, Measurement, Missing
+from peers import native_server
 
 HERE = Path(__file__).resolve().parent
 INSTALL_HINT = "pip install -r benchmarks/requirements.txt"
 WORKER_TIMEOUT = 120  # seconds; a hung loop is reported, not waited on forever
 RATIOS = [("ferroloop", "asyncio"), ("ferroloop", "uvloop")]
+NATIVE = "native"  # the column (and worker spec) of the native ceiling
+# Targets against the native ceiling, shown with the comparison: (benchmark, metric) -> at most
+# this many times native's cost.
+NATIVE_TARGETS = {("echo_proto_1k", "cpu_us"): 1.1}
 
 
 def load_benchmarks() -> None:
@@ -57,8 +64,33 @@ def loop_version(spec: LoopSpec) -> str:
         return str(getattr(sys.modules.get(top), "__version__", "?"))
 
 
-def worker(spec_text: str, bench_name: str | None) -> int:
+def emit_measurement(result: float | Measurement, work: int) -> None:
+    if isinstance(result, Measurement):
+        ops = work if result.ops is None else result.ops
+        emit({"ops": ops, "seconds": result.seconds, "metrics": result.metrics})
+    else:
+        emit({"ops": work, "seconds": result})
+
+
+def native_worker(bench: Benchmark, work: int) -> int:
+    """Run a benchmark's native ceiling (its own warm-up is the client's)."""
+    assert bench.native is not None
+    try:
+        emit_measurement(bench.native(work), work)
+        return 0
+    except Missing as exc:
+        emit({"missing": str(exc)})
+        return 0
+    except Exception as exc:
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+
+
+def worker(spec_text: str, bench_name: str | None, work: int | None) -> int:
     """Probe a loop (no bench_name) or run one benchmark on it; print one JSON line."""
+    if spec_text == NATIVE and bench_name:
+        bench = BENCHMARKS[bench_name]
+        return native_worker(bench, work or bench.work)
     spec = LoopSpec.parse(spec_text)
     try:
         loop = spec.new_loop()
@@ -78,15 +110,16 @@ def worker(spec_text: str, bench_name: str | None) -> int:
             emit({"version": loop_version(spec)})
             return 0
         bench = BENCHMARKS[bench_name]
-        bench.body(loop, max(1, bench.work // 10))  # warm-up: caches, allocator, lazy imports
-        result = bench.body(loop, bench.work)
-        if isinstance(result, Measurement):
-            emit({"ops": bench.work, "seconds": result.seconds, "metrics": result.metrics})
-        else:
-            emit({"ops": bench.work, "seconds": result})
+        work = work or bench.work
+        if bench.warmup:
+            bench.body(loop, max(1, work // 10))  # warm-up: caches, allocator, lazy imports
+        emit_measurement(bench.body(loop, work), work)
         return 0
     except NotImplementedError as exc:
         emit({"unsupported": f"NotImplementedError: {exc}".rstrip(": ")})
+        return 0
+    except Missing as exc:
+        emit({"missing": str(exc)})
         return 0
     except Exception as exc:
         emit({"error": f"{type(exc).__name__}: {exc}"})
@@ -100,10 +133,10 @@ def worker(spec_text: str, bench_name: str | None) -> int:
 # ---------------------------------------------------------------- runner
 
 
-def run_worker(spec: LoopSpec, bench_name: str | None = None) -> dict:
+def run_worker(spec: LoopSpec | str, bench_name: str | None = None, work: int = 0) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec)]
     if bench_name:
-        cmd.append(bench_name)
+        cmd += [bench_name, str(work)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -141,6 +174,8 @@ def cell(entry: dict, stats: dict | None) -> str:
         return "error"
     if entry.get("unsupported"):
         return "unsupported"
+    if entry.get("missing"):
+        return "missing"
     if not stats:
         return "–"
     return f"{si(stats['median'])} ({si(stats['min'])}–{si(stats['max'])})"
@@ -188,20 +223,28 @@ def markdown(report: dict) -> str:
         "",
     ]
     ratio_cols = [(a, b) for a, b in RATIOS if a in names and b in names]
-    header = ["benchmark", "unit", *names, *(f"{a}/{b}" for a, b in ratio_cols)]
+    has_native = any(NATIVE in row["loops"] for row in report["results"])
+    columns = [*names, NATIVE] if has_native else names
+    header = ["benchmark", "unit", *columns, *(f"{a}/{b}" for a, b in ratio_cols)]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|")
     errors = []
     unsupported = []
+    missing_rows: dict[str, None] = {}  # ordered set of "- row: reason"
     for row in report["results"]:
         cells = [row["title"], row["unit"]]
-        for name in names:
-            entry = row["loops"].get(name, {})
+        for name in columns:
+            entry = row["loops"].get(name)
+            if entry is None:  # no native ceiling for this row
+                cells.append("")
+                continue
             cells.append(cell(entry, entry.get("stats")))
             if entry.get("error"):
                 errors.append(f"- {row['name']} on {name}: {entry['error']}")
             if entry.get("unsupported"):
                 unsupported.append(f"- {row['name']} on {name}: {entry['unsupported']}")
+            if entry.get("missing"):
+                missing_rows[f"- {row['name']}: {entry['missing']}"] = None
         for a, b in ratio_cols:
             cells.append(
                 ratio(row["loops"].get(a, {}).get("stats"), row["loops"].get(b, {}).get("stats"))
@@ -210,15 +253,21 @@ def markdown(report: dict) -> str:
         for metric in row.get("metrics", []):
             key, lower = metric["key"], metric["lower_is_better"]
             cells = [f"↳ {metric['title']}", metric["unit"]]
-            cells += [cell(row["loops"].get(n, {}), metric_stats(row, n, key)) for n in names]
+            cells += [
+                cell(row["loops"][n], metric_stats(row, n, key)) if n in row["loops"] else ""
+                for n in columns
+            ]
             cells += [
                 ratio(metric_stats(row, a, key), metric_stats(row, b, key), lower)
                 for a, b in ratio_cols
             ]
             out.append("| " + " | ".join(cells) + " |")
+    out += native_summary(report)
     missing = [n for n, info in report["loops"].items() if info.get("status") == "missing"]
     if missing:
         out += ["", f"Missing: {', '.join(missing)} (`{INSTALL_HINT}` installs uvloop and rloop)."]
+    if missing_rows:
+        out += ["", "Missing (not measured):", *missing_rows]
     broken = [f"- {n}: {i['error']}" for n, i in report["loops"].items() if "error" in i]
     if unsupported:
         out += ["", "Unsupported:", *unsupported]
@@ -227,11 +276,44 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def native_summary(report: dict) -> list[str]:
+    """How close ferroloop comes to the native ceiling, row by row (medians)."""
+    lines = []
+    for row in report["results"]:
+        ours, native = row["loops"].get("ferroloop", {}), row["loops"].get(NATIVE, {})
+        if not (ours.get("stats") and native.get("stats")):
+            continue
+        parts = [f"{ours['stats']['median'] / native['stats']['median']:.0%} of its {row['unit']}"]
+        for metric in row.get("metrics", []):
+            key = metric["key"]
+            a, b = metric_stats(row, "ferroloop", key), metric_stats(row, NATIVE, key)
+            if not (a and b and b["median"]) or metric["unit"] == "MiB":
+                continue
+            text = f"{metric['title']} {a['median'] / b['median']:.2f}× native's"
+            target = NATIVE_TARGETS.get((row["name"], key))
+            if target:
+                verdict = "met" if a["median"] <= target * b["median"] else "not met"
+                text += f" (target ≤ {target}×: {verdict})"
+            parts.append(text)
+        lines.append(f"- {row['title']}: {'; '.join(parts)}")
+    if not lines:
+        return []
+    intro = (
+        "Native ceiling (native column: benchmarks/native_echo, Rust on mio, the same client); "
+        "ferroloop reaches:"
+    )
+    return ["", intro, *lines]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark ferroloop against other asyncio event loops, side by side."
     )
-    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7 (< 3 min)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 rounds instead of 7, less work in a few rows (< 3 min)",
+    )
     parser.add_argument("--rounds", type=int, help="rounds per benchmark and loop")
     parser.add_argument(
         "--bench",
@@ -252,13 +334,87 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def probe_native(benches: list[Benchmark]) -> dict | None:
+    """Build the native server if a benchmark measures it; None if none does."""
+    if not any(bench.native for bench in benches):
+        return None
+    try:
+        binary = native_server()
+    except Missing as exc:
+        log(f"native: missing ({exc})")
+        return {"missing": str(exc)}
+    except Exception as exc:
+        log(f"native: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    log(f"native: {binary}")
+    return {"binary": str(binary)}
+
+
+def measure(
+    bench: Benchmark, active: list[LoopSpec], native: dict | None, rounds: int, quick: bool
+) -> tuple[dict, bool]:
+    """All rounds of one benchmark, interleaved across the loops (and the native ceiling,
+    measured last in each round); returns the table row and whether anything failed."""
+    work = bench.work_for(quick)
+    names: list[str] = [spec.name for spec in active]
+    targets: dict[str, LoopSpec | str] = {spec.name: spec for spec in active}
+    skipped: dict[str, dict] = {}  # name -> {"error"|"unsupported"|"missing": ...}
+    if bench.native and native is not None:
+        names.append(NATIVE)
+        targets[NATIVE] = NATIVE
+        if "binary" not in native:
+            skipped[NATIVE] = native  # {"missing": ...} or {"error": ...}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    metric_samples = {name: {m.key: [] for m in bench.metrics} for name in names}
+    failed = False
+    for round_no in range(1, rounds + 1):
+        log(f"{bench.name}: round {round_no}/{rounds}")
+        for name in names:
+            if name in skipped:
+                continue
+            result = run_worker(targets[name], bench.name, work)
+            status = next((k for k in ("error", "unsupported", "missing") if k in result), None)
+            if status:
+                skipped[name] = {status: result[status]}
+                if status != "unsupported":
+                    log(f"{bench.name} on {name}: {status}: {result[status]}")
+                failed = failed or status == "error"
+                continue
+            samples[name].append(result["ops"] / result["seconds"] / bench.scale)
+            for key, values in metric_samples[name].items():
+                values.append(result["metrics"][key])
+    loops: dict[str, dict] = {}
+    for name in names:
+        if name in skipped:
+            loops[name] = skipped[name]
+            continue
+        loops[name] = {"stats": summarize(samples[name])}
+        if bench.metrics:
+            loops[name]["metrics"] = {
+                key: summarize(values) for key, values in metric_samples[name].items()
+            }
+    row = {
+        "name": bench.name,
+        "title": bench.title,
+        "unit": bench.unit,
+        "work": work,
+        "metrics": [dataclasses.asdict(m) for m in bench.metrics],
+        "loops": loops,
+    }
+    return row, failed
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
-        return worker(argv[1], argv[2] if len(argv) > 2 else None)
+        bench_name = argv[2] if len(argv) > 2 else None
+        return worker(argv[1], bench_name, int(argv[3]) if len(argv) > 3 else None)
     args = parse_args(argv)
     if args.list:
         for bench in BENCHMARKS.values():
-            print(f"{bench.name:24} {bench.title} ({bench.unit}, {bench.work:,} per run)")
+            quick = f", {bench.quick_work:,} with --quick" if bench.quick_work else ""
+            work = f"{bench.work:,} {bench.work_unit}".rstrip()
+            native = ", + native" if bench.native else ""
+            print(f"{bench.name:24} {bench.title} ({bench.unit}, {work} per run{quick}{native})")
         return 0
     unknown = set(args.bench or ()) - BENCHMARKS.keys()
     if unknown:
@@ -290,48 +446,15 @@ def main(argv: list[str]) -> int:
         return 1
 
     failed = any("error" in info for info in report["loops"].values())
+    native = probe_native(benches)
+    if native is not None:
+        report["native"] = native
     for bench in benches:
-        samples: dict[str, list[float]] = {spec.name: [] for spec in active}
-        metric_samples: dict[str, dict[str, list[float]]] = {
-            spec.name: {m.key: [] for m in bench.metrics} for spec in active
-        }
-        skipped: dict[str, dict] = {}  # loop -> {"error": ...} or {"unsupported": ...}
-        for round_no in range(1, rounds + 1):
-            log(f"{bench.name}: round {round_no}/{rounds}")
-            for spec in active:
-                if spec.name in skipped:
-                    continue
-                result = run_worker(spec, bench.name)
-                if "error" in result:
-                    skipped[spec.name] = {"error": result["error"]}
-                    log(f"{bench.name} on {spec.name}: {result['error']}")
-                    failed = True
-                elif "unsupported" in result:
-                    skipped[spec.name] = {"unsupported": result["unsupported"]}
-                else:
-                    samples[spec.name].append(result["ops"] / result["seconds"])
-                    for key, values in metric_samples[spec.name].items():
-                        values.append(result["metrics"][key])
-        loops = {}
-        for spec in active:
-            if spec.name in skipped:
-                loops[spec.name] = skipped[spec.name]
-                continue
-            loops[spec.name] = {"stats": summarize(samples[spec.name])}
-            if bench.metrics:
-                loops[spec.name]["metrics"] = {
-                    key: summarize(values) for key, values in metric_samples[spec.name].items()
-                }
-        report["results"].append(
-            {
-                "name": bench.name,
-                "title": bench.title,
-                "unit": bench.unit,
-                "work": bench.work,
-                "metrics": [dataclasses.asdict(m) for m in bench.metrics],
-                "loops": loops,
-            }
-        )
+        bench_started = time.perf_counter()
+        row, bench_failed = measure(bench, active, native, rounds, args.quick)
+        report["results"].append(row)
+        failed = failed or bench_failed
+        log(f"{bench.name}: {time.perf_counter() - bench_started:.1f} s")
     report["seconds"] = round(time.perf_counter() - started, 1)
     log(f"done in {report['seconds']} s")
 
