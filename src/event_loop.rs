@@ -27,6 +27,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::clock;
@@ -68,6 +69,8 @@ pub struct LoopCore {
     running_thread: AtomicU64,
     /// Cancelled timers still in the heap.
     timers_cancelled: Arc<AtomicUsize>,
+    /// `set_task_factory`'s factory (the stdlib's `_task_factory`).
+    task_factory: Mutex<Option<Py<PyAny>>>,
 }
 
 fn thread_ident() -> u64 {
@@ -86,6 +89,32 @@ fn format_helper<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py
     let module =
         MODULE.get_or_try_init(py, || py.import("ferroloop._format").map(Bound::unbind))?;
     module.bind(py).getattr(name)
+}
+
+/// `callable(*positional, **dict(zip(keywords, values)))` as one vectorcall.
+fn call_with_keywords<'py>(
+    callable: &Bound<'py, PyAny>,
+    positional: &[&Bound<'py, PyAny>],
+    keywords: &Bound<'py, PyTuple>,
+    values: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    debug_assert_eq!(keywords.len(), values.len());
+    let args: Vec<*mut pyo3::ffi::PyObject> = positional
+        .iter()
+        .chain(values)
+        .map(|arg| arg.as_ptr())
+        .collect();
+    // SAFETY: attached; every pointer in `args` is borrowed from a `Bound` that outlives
+    // the call, `keywords` is a tuple of str naming the last `values.len()` of them.
+    unsafe {
+        let result = pyo3::ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            args.as_ptr(),
+            positional.len(),
+            keywords.as_ptr(),
+        );
+        Bound::from_owned_ptr_or_err(callable.py(), result)
+    }
 }
 
 /// `selectors`' rule for what may be watched: an int fd, or an object with `fileno()`.
@@ -305,6 +334,46 @@ impl LoopCore {
         })?;
         self.schedule_timer(py, when, callback, args, context)
             .map(|timer| timer.into_bound(py))
+    }
+
+    /// `create_future`: `asyncio.Future(loop=self)`.
+    pub fn new_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        static FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static LOOP_KEYWORD: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+        let py = slf.py();
+        let future = FUTURE.import(py, "asyncio.futures", "Future")?;
+        let keywords = LOOP_KEYWORD.get_or_init(py, || PyTuple::new(py, ["loop"]).unwrap().unbind());
+        call_with_keywords(future, &[], keywords.bind(py), &[slf.as_any()])
+    }
+
+    /// `create_task` without a task factory and outside debug mode: `asyncio.Task(coro,
+    /// loop=self, name=name, context=context)`. Anything else goes to the Python method
+    /// `_create_task_general` (factories, debug tracebacks, per-version details).
+    pub fn new_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        static TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static KEYWORDS: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+        let py = slf.py();
+        let this = slf.get();
+        if this.debug.load(Ordering::Relaxed) || lock(&this.task_factory).is_some() {
+            return slf.call_method1("_create_task_general", (coro, name, context));
+        }
+        this.check_closed()?;
+        let task = TASK.import(py, "asyncio.tasks", "Task")?;
+        let keywords = KEYWORDS.get_or_init(py, || {
+            PyTuple::new(py, ["loop", "name", "context"]).unwrap().unbind()
+        });
+        let none = py.None().into_bound(py);
+        call_with_keywords(
+            task,
+            &[coro],
+            keywords.bind(py),
+            &[slf.as_any(), name.unwrap_or(&none), context.unwrap_or(&none)],
+        )
     }
 
     /// Registers a transport's fd with the poller.
@@ -654,6 +723,7 @@ impl LoopCore {
             sleeping: AtomicBool::new(false),
             running_thread: AtomicU64::new(0),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
+            task_factory: Mutex::new(None),
         })
     }
 
@@ -696,6 +766,30 @@ impl LoopCore {
             0 => None,
             ident => Some(ident),
         }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(factory) = self.task_factory.try_lock() {
+            visit.call(&*factory)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let factory = lock(&self.task_factory).take();
+        drop(factory);
+    }
+
+    /// The task factory `create_task` uses, or None (the stdlib's attribute).
+    #[getter(_task_factory)]
+    fn task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.task_factory).as_ref().map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_slot(&self, factory: Option<Py<PyAny>>) {
+        let previous = std::mem::replace(&mut *lock(&self.task_factory), factory);
+        drop(previous);
     }
 
     /// A snapshot of the callbacks waiting to run (the stdlib's `loop._ready`; read-only:

@@ -147,6 +147,16 @@ unsafe fn entry<const FIXED: usize>(
         let parsed = parse(py, method, names, args, nargsf, kwnames)?;
         body(&slf, parsed)
     }));
+    finish(py, method, outcome)
+}
+
+/// Hands a method's outcome to CPython: a new reference, or NULL with the error (a panic
+/// as SystemError) raised.
+fn finish(
+    py: Python<'_>,
+    method: &str,
+    outcome: std::thread::Result<PyResult<Bound<'_, PyAny>>>,
+) -> *mut ffi::PyObject {
     match outcome {
         Ok(Ok(result)) => result.into_ptr(),
         Ok(Err(err)) => {
@@ -244,53 +254,143 @@ unsafe extern "C" fn call_at(
     )
 }
 
-type Fastcall = unsafe extern "C" fn(
-    *mut ffi::PyObject,
-    *const *mut ffi::PyObject,
-    ffi::Py_ssize_t,
-    *mut ffi::PyObject,
-) -> *mut ffi::PyObject;
+unsafe extern "C" fn create_future(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
+        LoopCore::new_future(&slf)
+    }));
+    finish(py, "create_future", outcome)
+}
 
-/// (name, function, docstring with the `__text_signature__` CPython reads from it).
-const METHODS: [(&CStr, Fastcall, &CStr); 4] = [
-    (
-        c"call_soon",
-        call_soon,
-        c"call_soon($self, callback, *args, context=None)\n--\n\n\
-          Arrange for `callback(*args)` to be called soon, in FIFO order.",
-    ),
-    (
-        c"call_soon_threadsafe",
-        call_soon_threadsafe,
-        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n\
-          Like `call_soon`, but callable from any thread: wakes the loop if it is asleep.",
-    ),
-    (
-        c"call_later",
-        call_later,
-        c"call_later($self, delay, callback, *args, context=None)\n--\n\n\
-          Arrange for `callback(*args)` to be called after `delay` seconds.",
-    ),
-    (
-        c"call_at",
-        call_at,
-        c"call_at($self, when, callback, *args, context=None)\n--\n\n\
-          Like `call_later`, with an absolute time on the loop clock (`loop.time()`).",
-    ),
+/// `create_task(coro, *, name=None, context=None)`.
+unsafe extern "C" fn create_task(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
+        let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+        if nargs > 1 {
+            return Err(PyTypeError::new_err(format!(
+                "Loop.create_task() takes 2 positional arguments but {} were given",
+                nargs + 1
+            )));
+        }
+        let mut coro = (nargs == 1).then(|| Bound::from_borrowed_ptr(py, *args));
+        let (mut name, mut context) = (None, None);
+        if !kwnames.is_null() {
+            let kwnames = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
+            for (k, keyword) in kwnames.iter().enumerate() {
+                let value = Bound::from_borrowed_ptr(py, *args.add(nargs + k));
+                let keyword = keyword.cast_into::<PyString>()?;
+                let slot = match keyword.to_str()? {
+                    "coro" if coro.is_none() => &mut coro,
+                    "coro" => {
+                        return Err(PyTypeError::new_err(
+                            "Loop.create_task() got multiple values for argument 'coro'",
+                        ))
+                    }
+                    "name" => &mut name,
+                    "context" => &mut context,
+                    other => {
+                        return Err(PyTypeError::new_err(format!(
+                            "Loop.create_task() got an unexpected keyword argument '{other}'"
+                        )))
+                    }
+                };
+                *slot = Some(value);
+            }
+        }
+        let coro = coro.ok_or_else(|| missing_error("create_task", &["coro"]))?;
+        LoopCore::new_task(&slf, &coro, name.as_ref(), context.as_ref())
+    }));
+    finish(py, "create_task", outcome)
+}
+
+/// A method table entry: name, function, docstring with the `__text_signature__`
+/// CPython reads from it.
+struct Method {
+    name: &'static CStr,
+    function: ffi::PyMethodDefPointer,
+    flags: std::ffi::c_int,
+    doc: &'static CStr,
+}
+
+const FASTCALL: std::ffi::c_int = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+
+const METHODS: [Method; 6] = [
+    Method {
+        name: c"call_soon",
+        function: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: call_soon,
+        },
+        flags: FASTCALL,
+        doc: c"call_soon($self, callback, *args, context=None)\n--\n\n\
+              Arrange for `callback(*args)` to be called soon, in FIFO order.",
+    },
+    Method {
+        name: c"call_soon_threadsafe",
+        function: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: call_soon_threadsafe,
+        },
+        flags: FASTCALL,
+        doc: c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n\
+              Like `call_soon`, but callable from any thread: wakes the loop if it is asleep.",
+    },
+    Method {
+        name: c"call_later",
+        function: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: call_later,
+        },
+        flags: FASTCALL,
+        doc: c"call_later($self, delay, callback, *args, context=None)\n--\n\n\
+              Arrange for `callback(*args)` to be called after `delay` seconds.",
+    },
+    Method {
+        name: c"call_at",
+        function: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: call_at,
+        },
+        flags: FASTCALL,
+        doc: c"call_at($self, when, callback, *args, context=None)\n--\n\n\
+              Like `call_later`, with an absolute time on the loop clock (`loop.time()`).",
+    },
+    Method {
+        name: c"create_future",
+        function: ffi::PyMethodDefPointer {
+            PyCFunction: create_future,
+        },
+        flags: ffi::METH_NOARGS,
+        doc: c"create_future($self, /)\n--\n\nCreate a Future attached to the loop.",
+    },
+    Method {
+        name: c"create_task",
+        function: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: create_task,
+        },
+        flags: FASTCALL,
+        doc: c"create_task($self, coro, *, name=None, context=None)\n--\n\n\
+              Schedule a coroutine as a Task (a real `asyncio.Task`) and return it.",
+    },
 ];
 
-/// Adds the scheduling methods to `LoopCore` (once, at module creation).
+/// Adds the methods above to `LoopCore` (once, at module creation).
 pub fn install(py: Python<'_>) -> PyResult<()> {
     let class: Bound<'_, PyType> = py.get_type::<LoopCore>();
-    for (name, function, doc) in METHODS {
-        // The definition must outlive the type: leaked once per process, four of them.
+    for method in METHODS {
+        // The definition must outlive the type: leaked once per process, six of them.
         let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer {
-                PyCFunctionFastWithKeywords: function,
-            },
-            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-            ml_doc: doc.as_ptr() as *const c_char,
+            ml_name: method.name.as_ptr(),
+            ml_meth: method.function,
+            ml_flags: method.flags,
+            ml_doc: method.doc.as_ptr() as *const c_char,
         }));
         // SAFETY: attached; `class` is a live type object and `definition` lives forever.
         let descriptor = unsafe {
@@ -298,7 +398,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
                 ffi::PyDescr_NewMethod(class.as_ptr() as *mut ffi::PyTypeObject, definition);
             Bound::from_owned_ptr_or_err(py, descriptor)?
         };
-        class.setattr(PyString::new(py, &name.to_string_lossy()), descriptor)?;
+        class.setattr(PyString::new(py, &method.name.to_string_lossy()), descriptor)?;
     }
     Ok(())
 }

@@ -1,16 +1,18 @@
 """Type information for the Rust core, ``ferroloop._ferroloop``."""
 
+import asyncio
 import contextvars
 import socket
 import traceback
-from collections.abc import Callable, Iterable
-from typing import Any, final
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any, TypeVar, final
 
 from _typeshed import FileDescriptorLike
 from typing_extensions import TypeVarTuple, Unpack, disjoint_base
 
 __all__ = ["DatagramCore", "Handle", "LoopCore", "PipeCore", "StreamCore", "TimerHandle"]
 
+_T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 @disjoint_base
@@ -79,6 +81,18 @@ class LoopCore:
         *args: *_Ts,
         context: contextvars.Context | None = None,
     ) -> TimerHandle: ...
+    def create_future(self) -> asyncio.Future[Any]: ...
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[_T]: ...
+    @property
+    def _task_factory(self) -> Callable[..., Any] | None: ...
+    @_task_factory.setter
+    def _task_factory(self, factory: Callable[..., Any] | None) -> None: ...
     def time(self) -> float: ...
     def get_debug(self) -> bool: ...
     def is_running(self) -> bool: ...

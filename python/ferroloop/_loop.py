@@ -215,12 +215,9 @@ class Loop(
 
     # ---- futures and tasks ----------------------------------------------------------
 
-    def create_future(self) -> futures.Future:
-        """Create a Future attached to the loop."""
-        return futures.Future(loop=self)
-
-    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> Any:
-        """Schedule a coroutine as a Task (a real ``asyncio.Task``) and return it."""
+    # create_future and create_task are LoopCore's (Rust); this is create_task's path for
+    # a task factory or debug mode.
+    def _create_task_general(self, coro: Any, name: str | None, context: Any) -> Any:
         self._check_closed()
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context)
