@@ -1,21 +1,38 @@
-/* The echo client of the network benchmarks (bench_net.py builds it with cc; never committed
- * as a binary). One program for every loop, in its own process, so only the server's loop
- * varies between measurements and the client never competes for the server's GIL.
+/* The client of the network benchmarks (bench_net.py builds it with cc; never committed as a
+ * binary). One program for every loop, in its own process, so only the server's loop varies
+ * between measurements and the client never competes for the server's GIL.
  *
  *     echo_client tcp HOST PORT SIZE CONNS WARMUP N
  *     echo_client unix PATH SIZE CONNS WARMUP N
+ *     echo_client sink HOST PORT WARMUP_BYTES BYTES
+ *     echo_client source HOST PORT WARMUP_BYTES BYTES
+ *     echo_client udp HOST PORT SIZE WINDOW WARMUP N
  *
- * Two phases, each on its own CONNS fresh connections: a warm-up of WARMUP round trips, then
- * the timed phase of N round trips. A round trip sends SIZE bytes on a connection and reads
- * exactly SIZE bytes back, checking they are the bytes sent; each connection has one message
- * in flight. The connections of a phase are all open before it starts and are closed after
- * it (the server sees the timed phase as connections CONNS+1 .. 2*CONNS). Prints the seconds
- * the timed round trips took (CLOCK_MONOTONIC, connects and closes excluded) and exits 0; on
- * any error prints "error: ..." to stderr and exits 1. Never waits for longer than TIMEOUT
+ * Echo (tcp, unix): two phases, each on its own CONNS fresh connections: a warm-up of WARMUP
+ * round trips, then the timed phase of N round trips. A round trip sends SIZE bytes on a
+ * connection and reads exactly SIZE bytes back, checking they are the bytes sent; each
+ * connection has one message in flight. The connections of a phase are all open before it
+ * starts and are closed after it (the server sees the timed phase as connections
+ * CONNS+1 .. 2*CONNS). Prints the seconds the timed round trips took (CLOCK_MONOTONIC,
+ * connects and closes excluded).
+ *   CONNS == 1: blocking socket, send() then recv() until the echo is complete.
+ *   CONNS > 1: non-blocking sockets driven by one epoll instance.
+ *
+ * Bulk (sink, source): one connection for the warm-up, then one for the timed phase. sink:
+ * sends the count (8 bytes, little-endian) of bytes it wants, then reads and discards that
+ * many; the seconds run from sending the count to the last byte. source: sends the bytes,
+ * shuts down its side and waits for the server's answer to the EOF (one byte, or its close),
+ * so every byte was consumed; the seconds run from the first send to that answer. Prints
+ * the seconds.
+ *
+ * UDP: sends WARMUP datagrams of SIZE bytes, then a 1-byte "S" (retried until echoed; the
+ * server starts its CPU clock), then N datagrams, then a 1-byte "E" (the server stops). The
+ * datagrams go in windows of WINDOW: send them all, then collect their echoes until all came
+ * back or WINDOW_TIMEOUT passed; only echoes of the current window count (lost ones are
+ * lost). Prints "SECONDS ECHOED" for the timed datagrams.
+ *
+ * On any error prints "error: ..." to stderr and exits 1. Never waits for longer than TIMEOUT
  * seconds for the server, and ends itself after TOTAL_TIMEOUT seconds in all.
- *
- * CONNS == 1: blocking socket, send() then recv() until the echo is complete.
- * CONNS > 1: non-blocking sockets driven by one epoll instance.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,12 +40,14 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -36,6 +55,8 @@
 
 #define TIMEOUT 20         /* seconds without progress before giving up */
 #define TOTAL_TIMEOUT 110  /* seconds before SIGALRM ends the process, whatever it does */
+#define BULK_BUF (256 * 1024)  /* bytes per send/recv call of the bulk modes */
+#define WINDOW_TIMEOUT 100 /* ms to wait for a UDP window's echoes before counting them lost */
 
 static void die(const char *fmt, ...) {
     va_list ap;
@@ -52,6 +73,17 @@ static socklen_t addr_len;
 static int family;
 static size_t size;
 
+static void resolve_inet(const char *host, const char *port, int socktype) {
+    struct addrinfo hints = {.ai_socktype = socktype, .ai_flags = AI_NUMERICHOST};
+    struct addrinfo *res;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc) die("getaddrinfo %s %s: %s", host, port, gai_strerror(rc));
+    memcpy(&addr, res->ai_addr, res->ai_addrlen);
+    addr_len = res->ai_addrlen;
+    family = res->ai_family;
+    freeaddrinfo(res);
+}
+
 static void resolve(int argc, char **argv, int *next) {
     if (argc > 2 && strcmp(argv[1], "unix") == 0) {
         struct sockaddr_un *un = (struct sockaddr_un *)&addr;
@@ -62,17 +94,19 @@ static void resolve(int argc, char **argv, int *next) {
         family = AF_UNIX;
         *next = 3;
     } else if (argc > 3 && strcmp(argv[1], "tcp") == 0) {
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST};
-        struct addrinfo *res;
-        int rc = getaddrinfo(argv[2], argv[3], &hints, &res);
-        if (rc) die("getaddrinfo %s %s: %s", argv[2], argv[3], gai_strerror(rc));
-        memcpy(&addr, res->ai_addr, res->ai_addrlen);
-        addr_len = res->ai_addrlen;
-        family = res->ai_family;
-        freeaddrinfo(res);
+        resolve_inet(argv[2], argv[3], SOCK_STREAM);
         *next = 4;
     } else {
         die("usage: echo_client tcp HOST PORT | unix PATH, then SIZE CONNS WARMUP N");
+    }
+}
+
+/* 1000 connections need more fds than a default soft limit of 1024. */
+static void raise_fd_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
 }
 
@@ -226,8 +260,158 @@ static double run_many(int conns, long rounds, unsigned char *pattern) {
     return elapsed;
 }
 
+/* ------------------------------------------------------------------------- bulk transfer */
+
+static void send_all(int fd, const unsigned char *data, size_t len) {
+    for (size_t sent = 0; sent < len;) {
+        ssize_t n = send(fd, data + sent, len - sent, MSG_NOSIGNAL);
+        if (n < 0) die("send: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+        sent += (size_t)n;
+    }
+}
+
+/* The server sends `bytes`; read and discard them. */
+static double sink(uint64_t bytes, unsigned char *buf) {
+    int fd = open_connection();
+    double start = now();
+    unsigned char count[8];
+    memcpy(count, &bytes, sizeof count); /* little-endian on every platform this runs on */
+    send_all(fd, count, sizeof count);
+    for (uint64_t got = 0; got < bytes;) {
+        size_t want = bytes - got < BULK_BUF ? (size_t)(bytes - got) : BULK_BUF;
+        ssize_t n = recv(fd, buf, want, 0);
+        if (n == 0) die("the server closed after %llu of %llu bytes", (unsigned long long)got,
+                        (unsigned long long)bytes);
+        if (n < 0) die("recv: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+        got += (uint64_t)n;
+    }
+    double elapsed = now() - start;
+    close(fd);
+    return elapsed;
+}
+
+/* Send `bytes` to the server, then wait for its answer to the EOF. */
+static double source(uint64_t bytes, unsigned char *buf) {
+    int fd = open_connection();
+    double start = now();
+    for (uint64_t sent = 0; sent < bytes;) {
+        size_t len = bytes - sent < BULK_BUF ? (size_t)(bytes - sent) : BULK_BUF;
+        send_all(fd, buf, len);
+        sent += len;
+    }
+    shutdown(fd, SHUT_WR);
+    if (recv(fd, buf, 1, 0) < 0) die("recv: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+    double elapsed = now() - start;
+    close(fd);
+    return elapsed;
+}
+
+static int run_bulk(int argc, char **argv) {
+    if (argc != 6) die("usage: echo_client sink|source HOST PORT WARMUP_BYTES BYTES");
+    resolve_inet(argv[2], argv[3], SOCK_STREAM);
+    long long warmup = atoll(argv[4]), bytes = atoll(argv[5]);
+    if (warmup < 1 || bytes < 1) die("bad WARMUP_BYTES/BYTES: %s %s", argv[4], argv[5]);
+    unsigned char *buf = malloc(BULK_BUF);
+    if (!buf) die("out of memory");
+    memset(buf, 'x', BULK_BUF);
+    double (*phase)(uint64_t, unsigned char *) = strcmp(argv[1], "sink") == 0 ? sink : source;
+    phase((uint64_t)warmup, buf);
+    printf("%.9f\n", phase((uint64_t)bytes, buf));
+    return 0;
+}
+
+/* --------------------------------------------------------------------------------- UDP */
+
+static int udp_socket(void) {
+    int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&addr, addr_len) < 0) die("connect: %s", strerror(errno));
+    return fd;
+}
+
+/* Send a 1-byte marker until its echo comes back (or give up after `tries`); 1 if it did. */
+static int udp_marker(int fd, char marker, int tries) {
+    for (int i = 0; i < tries; i++) {
+        if (send(fd, &marker, 1, 0) < 0) die("send: %s", strerror(errno));
+        double deadline = now() + WINDOW_TIMEOUT / 1e3;
+        for (double left; (left = deadline - now()) > 0;) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (poll(&p, 1, (int)(left * 1e3) + 1) <= 0) break;
+            char got[2048];
+            ssize_t n = recv(fd, got, sizeof got, MSG_DONTWAIT);
+            if (n == 1 && got[0] == marker) return 1;
+        }
+    }
+    return 0;
+}
+
+/* Send `count` datagrams in windows; returns how many were echoed. */
+static long udp_phase(int fd, long count, long window, uint64_t *seq, unsigned char *msg) {
+    long echoed = 0;
+    unsigned char *seen = malloc((size_t)window);
+    unsigned char *got = malloc(size + 1);
+    if (!seen || !got) die("out of memory");
+    for (long done = 0; done < count;) {
+        size_t w = (size_t)(count - done < window ? count - done : window);
+        uint64_t first = *seq;
+        for (size_t i = 0; i < w; i++) {
+            stamp(msg, first + (uint64_t)i);
+            if (send(fd, msg, size, 0) < 0 && errno != ENOBUFS && errno != ECONNREFUSED)
+                die("send: %s", strerror(errno));
+        }
+        memset(seen, 0, w);
+        size_t back = 0;
+        double deadline = now() + WINDOW_TIMEOUT / 1e3;
+        for (double left; back < w && (left = deadline - now()) > 0;) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (poll(&p, 1, (int)(left * 1e3) + 1) <= 0) break;
+            ssize_t n;
+            while ((n = recv(fd, got, size + 1, MSG_DONTWAIT)) >= 0) {
+                if ((size_t)n != size) continue; /* a late marker */
+                uint64_t s;
+                memcpy(&s, got, sizeof s);
+                if (s < first || s >= first + (uint64_t)w || seen[s - first]) continue;
+                seen[s - first] = 1;
+                back++;
+            }
+        }
+        echoed += (long)back;
+        done += (long)w;
+        *seq += (uint64_t)w;
+    }
+    free(seen);
+    free(got);
+    return echoed;
+}
+
+static int run_udp(int argc, char **argv) {
+    if (argc != 8) die("usage: echo_client udp HOST PORT SIZE WINDOW WARMUP N");
+    resolve_inet(argv[2], argv[3], SOCK_DGRAM);
+    long s = atol(argv[4]), window = atol(argv[5]), warmup = atol(argv[6]), n = atol(argv[7]);
+    if (s < 8 || s > 65000 || window < 1 || warmup < 0 || n < 1)
+        die("bad SIZE/WINDOW/WARMUP/N: %s %s %s %s", argv[4], argv[5], argv[6], argv[7]);
+    size = (size_t)s;
+    unsigned char *msg = malloc(size);
+    if (!msg) die("out of memory");
+    memset(msg, 'u', size);
+    int fd = udp_socket();
+    uint64_t seq = 0;
+    udp_phase(fd, warmup, window, &seq, msg);
+    if (!udp_marker(fd, 'S', TIMEOUT * 10)) die("the server never echoed the start marker");
+    double start = now();
+    long echoed = udp_phase(fd, n, window, &seq, msg);
+    double elapsed = now() - start;
+    udp_marker(fd, 'E', 20); /* the server may stop before echoing it: not an error */
+    if (echoed == 0) die("no datagram of %ld came back", n);
+    printf("%.9f %ld\n", elapsed, echoed);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     alarm(TOTAL_TIMEOUT);
+    if (argc > 1 && (strcmp(argv[1], "sink") == 0 || strcmp(argv[1], "source") == 0))
+        return run_bulk(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "udp") == 0) return run_udp(argc, argv);
     int next;
     resolve(argc, argv, &next);
     if (argc != next + 4) die("expected SIZE CONNS WARMUP N after the address");
@@ -241,6 +425,7 @@ int main(int argc, char **argv) {
     if (!msg || !buf) die("out of memory");
     for (size_t i = 0; i < size; i++) msg[i] = (unsigned char)(i * 131 + 7);
     double elapsed;
+    if (conns > 100) raise_fd_limit();
     if (conns == 1) {
         run_single(warmup > 0 ? warmup : 1, msg, buf);
         elapsed = run_single(rounds, msg, buf);
