@@ -245,7 +245,8 @@ def markdown(report: dict) -> str:
             if entry.get("unsupported"):
                 unsupported.append(f"- {row['name']} on {name}: {entry['unsupported']}")
             if entry.get("missing"):
-                missing_rows[f"- {row['name']}: {entry['missing']}"] = None
+                what = "the native column" if name == NATIVE else row["name"]
+                missing_rows[f"- {what}: {entry['missing']}"] = None
         for a, b in ratio_cols:
             cells.append(
                 ratio(row["loops"].get(a, {}).get("stats"), row["loops"].get(b, {}).get("stats"))
