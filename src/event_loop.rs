@@ -27,8 +27,8 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
 use crate::errors::os_error;
@@ -43,6 +43,17 @@ use crate::transport::IoTransport;
 /// overflowing the poll timeout.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
 
+/// At most this many iterations in a row skip their zero-timeout poll (`poll_timeout`).
+const MAX_POLLS_SKIPPED: u32 = 63;
+
+/// What an iteration does about I/O.
+enum PollPlan {
+    /// Poll with this timeout (`None`: until an event or a wake-up).
+    Poll(Option<Duration>),
+    /// Don't poll: nothing is registered that could report anything.
+    Skip,
+}
+
 struct State {
     ready: VecDeque<Ready>,
     /// The previous iteration's emptied batch, reused so steady state allocates nothing.
@@ -53,6 +64,10 @@ struct State {
     rearm: Vec<RawFd>,
     registry: Option<Registry>,
     waker: Option<Arc<Waker>>,
+    /// The read end of the signal socket pair (`_signals.py`), if watched.
+    signal_fd: Option<RawFd>,
+    /// Zero-timeout polls skipped in a row (see `poll_timeout`).
+    polls_skipped: u32,
 }
 
 /// The Rust core of a ferroloop event loop. Use `ferroloop.Loop`, which subclasses it.
@@ -342,7 +357,8 @@ impl LoopCore {
         static LOOP_KEYWORD: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
         let py = slf.py();
         let future = FUTURE.import(py, "asyncio.futures", "Future")?;
-        let keywords = LOOP_KEYWORD.get_or_init(py, || PyTuple::new(py, ["loop"]).unwrap().unbind());
+        let keywords =
+            LOOP_KEYWORD.get_or_init(py, || PyTuple::new(py, ["loop"]).unwrap().unbind());
         call_with_keywords(future, &[], keywords.bind(py), &[slf.as_any()])
     }
 
@@ -365,14 +381,20 @@ impl LoopCore {
         this.check_closed()?;
         let task = TASK.import(py, "asyncio.tasks", "Task")?;
         let keywords = KEYWORDS.get_or_init(py, || {
-            PyTuple::new(py, ["loop", "name", "context"]).unwrap().unbind()
+            PyTuple::new(py, ["loop", "name", "context"])
+                .unwrap()
+                .unbind()
         });
         let none = py.None().into_bound(py);
         call_with_keywords(
             task,
             &[coro],
             keywords.bind(py),
-            &[slf.as_any(), name.unwrap_or(&none), context.unwrap_or(&none)],
+            &[
+                slf.as_any(),
+                name.unwrap_or(&none),
+                context.unwrap_or(&none),
+            ],
         )
     }
 
@@ -481,8 +503,9 @@ impl LoopCore {
         })
     }
 
-    /// How long this iteration may block in poll; marks the loop asleep if at all.
-    fn poll_timeout(&self, garbage: &mut Vec<Py<Handle>>) -> Option<Duration> {
+    /// How long this iteration may block in poll (marking the loop asleep if at all), or
+    /// `Skip` when a zero-timeout poll cannot find anything to act on.
+    fn poll_timeout(&self, garbage: &mut Vec<Py<Handle>>) -> PollPlan {
         let mut state = lock(&self.state);
         let cancelled = self.timers_cancelled.load(Ordering::Acquire);
         let is_cancelled = |h: &Py<Handle>| h.get().is_cancelled();
@@ -506,8 +529,19 @@ impl LoopCore {
         };
         if timeout != Some(Duration::ZERO) {
             self.sleeping.store(true, Ordering::SeqCst);
+            state.polls_skipped = 0;
+            return PollPlan::Poll(timeout);
         }
-        timeout
+        // Not blocking, and nothing registered but the waker (which only matters to a
+        // blocking poll) and the signal socket: the syscall would find nothing to act on.
+        // The signal socket is still read every `MAX_POLLS_SKIPPED + 1` iterations, so a
+        // busy loop runs its signal handlers promptly.
+        if state.polls_skipped < MAX_POLLS_SKIPPED && !state.watchers.any_except(state.signal_fd) {
+            state.polls_skipped += 1;
+            return PollPlan::Skip;
+        }
+        state.polls_skipped = 0;
+        PollPlan::Poll(timeout)
     }
 
     /// Polls and queues the callbacks of ready fds.
@@ -673,12 +707,15 @@ impl LoopCore {
     fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let mut garbage = Vec::new();
-        let timeout = self.poll_timeout(&mut garbage);
+        let plan = self.poll_timeout(&mut garbage);
         for timer in garbage {
             timer.get().unschedule();
             leave_queue(py, timer);
         }
-        let polled = self.poll_io(py, timeout);
+        let polled = match plan {
+            PollPlan::Poll(timeout) => self.poll_io(py, timeout),
+            PollPlan::Skip => Ok(()),
+        };
         let mut garbage = Vec::new();
         let mut batch = match polled {
             Ok(()) => self.take_batch(&mut garbage),
@@ -715,6 +752,8 @@ impl LoopCore {
                 rearm: Vec::new(),
                 registry: Some(registry),
                 waker: Some(waker),
+                signal_fd: None,
+                polls_skipped: 0,
             }),
             poller: Mutex::new(Some(poller)),
             debug: AtomicBool::new(false),
@@ -815,6 +854,12 @@ impl LoopCore {
             .iter()
             .map(|timer| timer.clone_ref(py))
             .collect()
+    }
+
+    /// Tells the loop which watched fd is the signal socket (`-1`: none): its readiness
+    /// alone is not worth a poll per iteration while callbacks are ready.
+    fn _set_signal_fd(&self, fd: RawFd) {
+        lock(&self.state).signal_fd = (fd >= 0).then_some(fd);
     }
 
     /// Number of callbacks waiting to run (the stdlib's `len(loop._ready)`).

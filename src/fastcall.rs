@@ -398,7 +398,10 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
                 ffi::PyDescr_NewMethod(class.as_ptr() as *mut ffi::PyTypeObject, definition);
             Bound::from_owned_ptr_or_err(py, descriptor)?
         };
-        class.setattr(PyString::new(py, &method.name.to_string_lossy()), descriptor)?;
+        class.setattr(
+            PyString::new(py, &method.name.to_string_lossy()),
+            descriptor,
+        )?;
     }
     Ok(())
 }

@@ -222,6 +222,12 @@ impl FdWatchers {
     }
 
     /// Forgets a transport's fd (before its socket is closed).
+    /// Whether any fd other than `except` is registered (watchers and transports).
+    pub fn any_except(&self, except: Option<RawFd>) -> bool {
+        let excepted = except.is_some_and(|fd| self.watches.contains_key(&fd));
+        self.watches.len() + self.transports.len() > usize::from(excepted)
+    }
+
     pub fn remove_transport(&mut self, registry: &Registry, fd: RawFd) -> Option<IoTransport> {
         let transport = self.transports.remove(&fd)?;
         let _ = registry.deregister(&mut SourceFd(&fd));

@@ -64,6 +64,26 @@ def test_signal_wakes_a_loop_blocked_with_nothing_to_do(loop):
     assert calls[0] - start < 2
 
 
+def test_signal_handler_runs_while_the_loop_is_busy_with_callbacks(loop):
+    # The ready queue never empties, so the loop never blocks; with no fd watched but the
+    # signal socket, the handler must still run within a few iterations.
+    iterations_after_kill = []
+    handled = []
+
+    async def busy():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for iteration in range(10_000):
+            if handled:
+                iterations_after_kill.append(iteration)
+                return
+            await asyncio.sleep(0)
+
+    loop.add_signal_handler(signal.SIGUSR1, handled.append, "usr1")
+    loop.run_until_complete(busy())
+    assert handled == ["usr1"]
+    assert iterations_after_kill and iterations_after_kill[0] <= 100
+
+
 def test_two_signals_each_run_their_handler(loop):
     calls = []
 

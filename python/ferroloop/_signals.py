@@ -90,10 +90,12 @@ class SignalsMixin:
             writer.setblocking(False)
             self._self_reader, self._self_writer = reader, writer
             self._add_reader(reader.fileno(), self._read_signals)
+            self._set_signal_fd(reader.fileno())
         return self._self_writer
 
     def _close_self_pipe(self) -> None:
         if self._self_reader is not None:
+            self._set_signal_fd(-1)
             self._remove_reader(self._self_reader.fileno())
             self._self_reader.close()
             self._self_reader = None
