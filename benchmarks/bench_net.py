@@ -365,9 +365,9 @@ def echo_unix(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
 # (name, style label, server style, concurrent clients, requests per run, under --quick)
 CONCURRENT_ROWS = [
     ("echo_concurrent", "Protocol", protocol_server, 100, 20_000, None),
-    ("echo_concurrent_streams", "streams", streams_server, 100, 20_000, None),
-    ("echo_1000_proto", "Protocol", protocol_server, 1000, 20_000, None),
-    ("echo_1000_streams", "streams", streams_server, 1000, 20_000, None),
+    ("echo_concurrent_streams", "streams", streams_server, 100, 20_000, 10_000),
+    ("echo_1000_proto", "Protocol", protocol_server, 1000, 20_000, 10_000),
+    ("echo_1000_streams", "streams", streams_server, 1000, 20_000, 10_000),
 ]
 
 
@@ -558,6 +558,7 @@ class UdpEcho(asyncio.DatagramProtocol):
     title=f"UDP echo, DatagramProtocol, {UDP_SIZE} B, {UDP_WINDOW} in flight",
     unit="datagrams/s",
     work=20_000,
+    quick_work=10_000,
     metrics=(Metric("cpu_us", "server CPU per datagram", "µs"),),
 )
 def udp_echo(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:

@@ -173,6 +173,7 @@ CLIENT_CONCURRENCY = 10
     title=f"HTTP, aiohttp client, {CLIENT_CONCURRENCY} concurrent keep-alive GETs",
     unit="requests/s",
     work=3_000,
+    quick_work=1_500,
     metrics=(Metric("cpu_us", "client CPU per request", "µs"),),
 )
 def http_aiohttp_client(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
