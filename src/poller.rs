@@ -9,6 +9,7 @@
 //! spuriously before the callback has had its chance to drain it.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,12 +95,38 @@ pub enum Side {
     Write,
 }
 
+/// Hashes an fd with one multiplication (Fibonacci hashing): fds are small distinct
+/// integers, looked up once per readiness event, so SipHash's DoS resistance buys nothing.
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(FIBONACCI);
+        }
+    }
+
+    fn write_i32(&mut self, fd: i32) {
+        self.0 = u64::from(fd as u32).wrapping_mul(FIBONACCI);
+    }
+}
+
+/// 2^64 / φ: spreads consecutive integers over the whole range, high bits included.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+
+type FdHash = BuildHasherDefault<FdHasher>;
+
 /// The fd → watcher table, kept in step with the registrations in epoll: Python
 /// callbacks (`add_reader`/`add_writer`) or a transport, never both on one fd.
 #[derive(Default)]
 pub struct FdWatchers {
-    watches: HashMap<RawFd, FdWatch>,
-    transports: HashMap<RawFd, IoTransport>,
+    watches: HashMap<RawFd, FdWatch, FdHash>,
+    transports: HashMap<RawFd, IoTransport, FdHash>,
 }
 
 impl FdWatchers {

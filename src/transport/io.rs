@@ -66,14 +66,21 @@ pub fn send_chunks<'a>(
     chunks: impl Iterator<Item = &'a [u8]>,
     skip: usize,
 ) -> std::io::Result<usize> {
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOVECS);
-    for (i, chunk) in chunks.take(MAX_IOVECS).enumerate() {
+    // On the stack and left uninitialised past what is filled: a write, usually of one
+    // chunk, neither allocates nor clears a KiB of iovecs.
+    let mut slots = [std::mem::MaybeUninit::<libc::iovec>::uninit(); MAX_IOVECS];
+    let mut count = 0;
+    for (slot, (i, chunk)) in slots.iter_mut().zip(chunks.take(MAX_IOVECS).enumerate()) {
         let chunk = if i == 0 { &chunk[skip..] } else { chunk };
-        iov.push(libc::iovec {
+        slot.write(libc::iovec {
             iov_base: chunk.as_ptr() as *mut libc::c_void,
             iov_len: chunk.len(),
         });
+        count = i + 1;
     }
+    // SAFETY: the first `count` slots were written just above; iovec is plain data.
+    let iov =
+        unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<libc::iovec>(), count) };
     loop {
         // SAFETY: `iov` entries point into chunks that outlive the call; a zeroed msghdr
         // is valid and points at `iov`. MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
