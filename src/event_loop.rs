@@ -32,6 +32,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
 use crate::errors::os_error;
+use crate::gil_cell::GilCell;
 use crate::handle::{
     closed_loop_error, hide_while_queued, leave_queue, lock, Handle, TimerHandle, TimerState,
 };
@@ -73,7 +74,7 @@ struct State {
 /// The Rust core of a ferroloop event loop. Use `ferroloop.Loop`, which subclasses it.
 #[pyclass(subclass, frozen, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
-    state: Mutex<State>,
+    state: GilCell<State>,
     poller: Mutex<Option<Poller>>,
     debug: AtomicBool,
     stopping: AtomicBool,
@@ -214,7 +215,8 @@ impl LoopCore {
     }
 
     fn push_ready(&self, py: Python<'_>, handle: &Py<Handle>) {
-        lock(&self.state)
+        self.state
+            .lock()
             .ready
             .push_back(Ready::Callback(handle.clone_ref(py)));
     }
@@ -244,7 +246,7 @@ impl LoopCore {
         let timer = Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
         hide_while_queued(timer.bind(py).as_super());
         let as_handle: Py<Handle> = timer.clone_ref(py).into_bound(py).into_super().unbind();
-        lock(&self.state).timers.push(when, as_handle);
+        self.state.lock().timers.push(when, as_handle);
         Ok(timer)
     }
 
@@ -284,7 +286,7 @@ impl LoopCore {
         let handle = self.make_handle(py, callback, args, context, debug)?;
         hide_while_queued(handle.bind(py));
         let waker = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             state.ready.push_back(Ready::Callback(handle.clone_ref(py)));
             if self.sleeping.swap(false, Ordering::SeqCst) {
                 state.waker.clone()
@@ -401,7 +403,7 @@ impl LoopCore {
     /// Registers a transport's fd with the poller.
     pub fn register_transport(&self, py: Python<'_>, transport: IoTransport) -> PyResult<()> {
         let outcome = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let State {
                 watchers, registry, ..
             } = &mut *state;
@@ -424,7 +426,7 @@ impl LoopCore {
     /// Forgets a transport's fd (the transport closes its socket next).
     pub fn deregister_transport(&self, fd: RawFd) {
         let removed = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let State {
                 watchers, registry, ..
             } = &mut *state;
@@ -437,7 +439,7 @@ impl LoopCore {
 
     /// Queues a transport's readiness to be handled in the next batch.
     pub fn queue_transport(&self, transport: IoTransport, readable: bool, writable: bool) {
-        lock(&self.state).ready.push_back(Ready::Transport {
+        self.state.lock().ready.push_back(Ready::Transport {
             transport,
             readable,
             writable,
@@ -459,7 +461,7 @@ impl LoopCore {
         let handle = self.make_handle(py, callback, args, None, false)?;
         let installed = handle.clone_ref(py);
         let outcome = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let State {
                 watchers, registry, ..
             } = &mut *state;
@@ -485,7 +487,7 @@ impl LoopCore {
         }
         let fd = fileobj_to_fd(fileobj)?;
         let removed = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let State {
                 watchers, registry, ..
             } = &mut *state;
@@ -506,7 +508,7 @@ impl LoopCore {
     /// How long this iteration may block in poll (marking the loop asleep if at all), or
     /// `Skip` when a zero-timeout poll cannot find anything to act on.
     fn poll_timeout(&self, garbage: &mut Vec<Py<Handle>>) -> PollPlan {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let cancelled = self.timers_cancelled.load(Ordering::Acquire);
         let is_cancelled = |h: &Py<Handle>| h.get().is_cancelled();
         if !state
@@ -566,7 +568,7 @@ impl LoopCore {
             Err(err) => return Err(os_error(py, err)),
         }
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let State {
                 watchers,
                 rearm,
@@ -592,7 +594,7 @@ impl LoopCore {
     /// Moves due timers to the ready queue and takes the batch this iteration runs.
     fn take_batch(&self, garbage: &mut Vec<Py<Handle>>) -> VecDeque<Ready> {
         let now = clock::monotonic();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         while let Some(timer) = state.timers.pop_due(now) {
             timer.get().unschedule();
             if timer.get().is_cancelled() {
@@ -639,7 +641,7 @@ impl LoopCore {
                         };
                     }
                     if let Err(err) = outcome {
-                        let mut state = lock(&self.state);
+                        let mut state = self.state.lock();
                         while let Some(rest) = batch.pop_back() {
                             state.ready.push_front(rest);
                         }
@@ -674,7 +676,7 @@ impl LoopCore {
             }
             leave_queue(py, handle);
             if let Err(err) = outcome {
-                let mut state = lock(&self.state);
+                let mut state = self.state.lock();
                 while let Some(rest) = batch.pop_back() {
                     state.ready.push_front(rest);
                 }
@@ -685,7 +687,7 @@ impl LoopCore {
     }
 
     fn rearm_and_recycle(&self, batch: VecDeque<Ready>) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let State {
             watchers,
             rearm,
@@ -744,7 +746,7 @@ impl LoopCore {
     ) -> PyResult<Self> {
         let (poller, registry, waker) = Poller::new().map_err(|err| os_error(py, err))?;
         Ok(Self {
-            state: Mutex::new(State {
+            state: GilCell::new(State {
                 ready: VecDeque::new(),
                 spare: VecDeque::new(),
                 timers: TimerHeap::default(),
@@ -835,7 +837,8 @@ impl LoopCore {
     /// changing the list does not change the loop).
     #[getter]
     fn _ready(&self, py: Python<'_>) -> Vec<Py<Handle>> {
-        lock(&self.state)
+        self.state
+            .lock()
             .ready
             .iter()
             .filter_map(|entry| match entry {
@@ -849,7 +852,8 @@ impl LoopCore {
     /// `loop._scheduled`, in heap order; read-only).
     #[getter]
     fn _scheduled(&self, py: Python<'_>) -> Vec<Py<Handle>> {
-        lock(&self.state)
+        self.state
+            .lock()
             .timers
             .iter()
             .map(|timer| timer.clone_ref(py))
@@ -859,17 +863,17 @@ impl LoopCore {
     /// Tells the loop which watched fd is the signal socket (`-1`: none): its readiness
     /// alone is not worth a poll per iteration while callbacks are ready.
     fn _set_signal_fd(&self, fd: RawFd) {
-        lock(&self.state).signal_fd = (fd >= 0).then_some(fd);
+        self.state.lock().signal_fd = (fd >= 0).then_some(fd);
     }
 
     /// Number of callbacks waiting to run (the stdlib's `len(loop._ready)`).
     fn _ready_count(&self) -> usize {
-        lock(&self.state).ready.len()
+        self.state.lock().ready.len()
     }
 
     /// Number of timers in the heap, cancelled ones included (`len(loop._scheduled)`).
     fn _timer_count(&self) -> usize {
-        lock(&self.state).timers.len()
+        self.state.lock().timers.len()
     }
 
     /// Runs iterations until `stop()`; `Loop.run_forever` does the setup around it.
@@ -896,7 +900,7 @@ impl LoopCore {
 
     /// Wakes the loop from a blocking poll (the stdlib's `_write_to_self`).
     fn _write_to_self(&self) {
-        let waker = lock(&self.state).waker.clone();
+        let waker = self.state.lock().waker.clone();
         if let Some(waker) = waker {
             let _ = waker.wake();
         }
@@ -941,7 +945,7 @@ impl LoopCore {
     fn _close_core(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Release);
         let (ready, spare, timers, watched) = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let ready = std::mem::take(&mut state.ready);
             let spare = std::mem::take(&mut state.spare);
             let timers = state.timers.drain_all();

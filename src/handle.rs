@@ -19,6 +19,8 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 use pyo3::{ffi, IntoPyObjectExt};
+
+use crate::gil_cell::GilCell;
 use pyo3::{PyTraverseError, PyVisit};
 
 /// The callback and arguments of a handle that has not been cancelled.
@@ -48,7 +50,7 @@ struct Slots {
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or a reader/writer.
 #[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
-    slots: Mutex<Slots>,
+    slots: GilCell<Slots>,
     cancelled: AtomicBool,
     /// The stack where the handle was created, kept only in debug mode (stdlib's
     /// `_source_traceback`).
@@ -91,7 +93,7 @@ impl Handle {
             None => copy_current_context(py)?,
         };
         Ok(Self {
-            slots: Mutex::new(Slots {
+            slots: GilCell::new(Slots {
                 call: Some(Call { callback, args }),
                 context: Some(context),
                 cancelled_repr: None,
@@ -141,7 +143,7 @@ impl Handle {
     /// Calls the callback in the handle's context. A cancelled handle does nothing.
     pub fn run(&self, py: Python<'_>) -> PyResult<()> {
         // Borrowed out as `Bound`s: their drop is a plain decref.
-        let (callback, args, context) = match &*lock(&self.slots) {
+        let (callback, args, context) = match &*self.slots.lock() {
             Slots {
                 call: Some(call),
                 context: Some(context),
@@ -184,14 +186,15 @@ impl Handle {
     }
 
     fn callback(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
-        lock(&self.slots)
+        self.slots
+            .lock()
             .call
             .as_ref()
             .map(|c| (c.callback.clone_ref(py), c.args.clone_ref(py)))
     }
 
     fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        lock(&self.slots).context.as_ref().map(|c| c.clone_ref(py))
+        self.slots.lock().context.as_ref().map(|c| c.clone_ref(py))
     }
 }
 
@@ -254,10 +257,10 @@ impl Handle {
         // Debug mode (the only time a handle keeps its source traceback) freezes the repr.
         if this.source_traceback.is_some() {
             let repr = handle_repr(slf.as_any())?;
-            lock(&this.slots).cancelled_repr = Some(repr);
+            this.slots.lock().cancelled_repr = Some(repr);
         }
         // Taken out under the lock, dropped after it: dropping may run `__del__` code.
-        let call = lock(&this.slots).call.take();
+        let call = this.slots.lock().call.take();
         drop(call);
         Ok(())
     }
@@ -318,7 +321,7 @@ impl Handle {
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        if let Some(repr) = lock(&slf.get().slots).cancelled_repr.as_ref() {
+        if let Some(repr) = slf.get().slots.lock().cancelled_repr.as_ref() {
             return Ok(repr.clone());
         }
         handle_repr(slf.as_any())
@@ -328,7 +331,7 @@ impl Handle {
     /// (`self._timer = loop.call_later(t, self._expire)`): the collector must see it.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // Never held while Python code runs, so a held lock means another thread's brief use.
-        if let Ok(slots) = self.slots.try_lock() {
+        if let Some(slots) = self.slots.try_lock() {
             if let Some(call) = &slots.call {
                 visit.call(&call.callback)?;
                 visit.call(&call.args)?;
@@ -340,7 +343,7 @@ impl Handle {
 
     fn __clear__(&self) {
         let taken = {
-            let mut slots = lock(&self.slots);
+            let mut slots = self.slots.lock();
             (slots.call.take(), slots.context.take())
         };
         drop(taken);

@@ -4,6 +4,7 @@ mod clock;
 mod errors;
 mod event_loop;
 mod fastcall;
+mod gil_cell;
 mod handle;
 mod poller;
 mod timers;

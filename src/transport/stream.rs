@@ -17,9 +17,9 @@
 //! stops acting on readable edges (noting that one came). State is behind a mutex that is
 //! never held while Python code runs (protocol callbacks call back into the transport).
 
+use crate::gil_cell::{GilCell, GilGuard};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard};
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -29,7 +29,6 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
-use crate::handle::lock;
 use crate::transport::flow::{consume, is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use crate::transport::io::{
     recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
@@ -90,7 +89,7 @@ struct StreamState {
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub struct StreamCore {
     fd: RawFd,
-    state: Mutex<StreamState>,
+    state: GilCell<StreamState>,
 }
 
 /// What `write` did with the data.
@@ -104,8 +103,8 @@ enum Written {
 }
 
 impl StreamCore {
-    fn state(&self) -> MutexGuard<'_, StreamState> {
-        lock(&self.state)
+    fn state(&self) -> GilGuard<'_, StreamState> {
+        self.state.lock()
     }
 
     fn protocol_calls(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<ProtocolCalls> {
@@ -564,7 +563,7 @@ impl StreamCore {
         }
         Ok(Self {
             fd,
-            state: Mutex::new(StreamState {
+            state: GilCell::new(StreamState {
                 loop_: Some(loop_.clone().unbind()),
                 sock: Some(sock.clone().unbind()),
                 transport: Some(transport.clone().unbind()),
@@ -892,7 +891,7 @@ impl StreamCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // The loop's thread may hold the lock; then this object is in use, not garbage.
-        let Ok(state) = self.state.try_lock() else {
+        let Some(state) = self.state.try_lock() else {
             return Ok(());
         };
         visit.call(&state.sock)?;
