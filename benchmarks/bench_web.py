@@ -102,6 +102,27 @@ def parse_wrk(output: str) -> tuple[int, float]:
     return count, count / float(rate.group(1))
 
 
+async def run_wrk(
+    loop: asyncio.AbstractEventLoop, wrk: str, port: int, seconds: int
+) -> tuple[str, float]:
+    """Load the server with wrk for ``seconds``; returns wrk's report and the CPU seconds
+    this process used meanwhile. wrk runs in its own process; a thread waits for it."""
+    cmd = [wrk, "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
+    cpu = cpu_seconds()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output: list[bytes] = []
+    try:
+        await in_thread(loop, lambda: output.append(proc.communicate(timeout=seconds + 30)[0]))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    cpu = cpu_seconds() - cpu
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {output[0].decode().strip()}")
+    return output[0].decode(), cpu
+
+
 @benchmark(
     "http_uvicorn",
     title=f"HTTP, uvicorn + httptools plaintext server, wrk -t1 -c{WRK_CONNECTIONS}",
@@ -144,15 +165,7 @@ def http_uvicorn(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
                 await asyncio.sleep(0.01)
             port = server.servers[0].sockets[0].getsockname()[1]
             await in_thread(loop, lambda: warm_up(port))
-            cmd = [wrk, "-t1", f"-c{WRK_CONNECTIONS}", f"-d{n}s", f"http://127.0.0.1:{port}/"]
-            cpu = cpu_seconds()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            output: list[bytes] = []
-            await in_thread(loop, lambda: output.append(proc.communicate(timeout=n + 30)[0]))
-            cpu = cpu_seconds() - cpu
-            if proc.returncode != 0:
-                raise RuntimeError(f"wrk failed: {output[0].decode().strip()}")
-            return output[0].decode(), cpu
+            return await run_wrk(loop, wrk, port, n)
         finally:
             server.should_exit = True
             await serving
