@@ -17,6 +17,13 @@ ADDRINFO_CALLS = {
     ),
     "numeric": (("127.0.0.1", 80), {"flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV}),
     "ipv6": (("::1", 443), {"flags": socket.AI_NUMERICHOST}),
+    # Numeric hosts are answered without the executor; these edge their recognition.
+    "ipv6 bytes, bytes port": ((b"::1", b"443"), {}),
+    "ipv4, port 0": (("127.0.0.1", 0), {"type": socket.SOCK_DGRAM}),
+    "ipv4, service name": (("127.0.0.1", "http"), {}),
+    "ipv6 with a scope id": (("::1%1", 80), {}),
+    "localhost name": (("localhost", 80), {"family": socket.AF_INET}),
+    "port above 65535": (("127.0.0.1", 70000), {}),  # the C library wraps it, as it does
 }
 
 
@@ -56,6 +63,8 @@ BAD_LOOKUPS = {
     ),
     "unknown service": lambda lp: lp.getaddrinfo("127.0.0.1", "no-such-service-xyz"),
     "no host no port": lambda lp: lp.getaddrinfo(None, None),
+    "ipv4 as IPv6 family": lambda lp: lp.getaddrinfo("127.0.0.1", 80, family=socket.AF_INET6),
+    "negative port": lambda lp: lp.getaddrinfo("127.0.0.1", -1),
 }
 
 
