@@ -2,8 +2,8 @@
 
 The work per packet is in the Rust ``StreamCore``; this class gives it the identity
 libraries check (``isinstance(t, asyncio.Transport)``), the extra info and the reports.
-Each instance binds the core's methods as its own attributes, so ``transport.write(data)``
-goes straight to Rust with no Python frame in between.
+The core's methods are bound into each instance on first use (``core_method``), so
+``transport.write(data)`` goes straight to Rust with no Python frame in between.
 """
 
 from __future__ import annotations
@@ -12,28 +12,8 @@ import socket
 from asyncio import constants, futures, transports, trsock
 from typing import Any
 
-from ._core_transport import CoreTransport
+from ._core_transport import CoreTransport, core_method
 from ._ferroloop import StreamCore
-
-# The core methods each transport exposes directly.
-_CORE_METHODS = (
-    "write",
-    "writelines",
-    "write_eof",
-    "can_write_eof",
-    "close",
-    "abort",
-    "is_closing",
-    "is_reading",
-    "pause_reading",
-    "resume_reading",
-    "set_write_buffer_limits",
-    "get_write_buffer_limits",
-    "get_write_buffer_size",
-    "get_protocol",
-    "set_protocol",
-    "_force_close",
-)
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -80,8 +60,6 @@ class SocketTransport(CoreTransport, transports.Transport):
         self._empty_waiter: futures.Future | None = None
         core = StreamCore(loop, sock, protocol, self, server)
         self._core = core
-        for name in _CORE_METHODS:
-            setattr(self, name, getattr(core, name))
         core._register()
         if server is not None:
             server._attach(self)
@@ -93,46 +71,23 @@ class SocketTransport(CoreTransport, transports.Transport):
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    # The methods below are the class-level spellings of what __init__ binds per instance.
-
-    def write(self, data: Any) -> None:
-        self._core.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._core.can_write_eof()
-
-    def close(self) -> None:
-        self._core.close()
-
-    def abort(self) -> None:
-        self._core.abort()
-
-    def is_closing(self) -> bool:
-        return self._core.is_closing()
-
-    def is_reading(self) -> bool:
-        return self._core.is_reading()
-
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._core.get_write_buffer_limits()
-
-    def get_write_buffer_size(self) -> int:
-        return self._core.get_write_buffer_size()
+    # Served by the Rust core (bound per instance on first use; see core_method).
+    write = core_method()
+    writelines = core_method()
+    write_eof = core_method()
+    can_write_eof = core_method()
+    close = core_method()
+    abort = core_method()
+    is_closing = core_method()
+    is_reading = core_method()
+    pause_reading = core_method()
+    resume_reading = core_method()
+    set_write_buffer_limits = core_method()
+    get_write_buffer_limits = core_method()
+    get_write_buffer_size = core_method()
+    get_protocol = core_method()
+    set_protocol = core_method()
+    _force_close = core_method()
 
     @property
     def _protocol_paused(self) -> bool:
