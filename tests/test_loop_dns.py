@@ -87,3 +87,43 @@ def test_failed_lookup_raises_gaierror_like_the_stdlib(assert_same_error, name):
 def test_bad_argument_types_raise_like_the_stdlib(assert_same_error, call):
     exc = assert_same_error(lambda lp: lp.run_until_complete(call(lp)))
     assert isinstance(exc, (TypeError, OSError))
+
+
+def lookup_outcome(lookup):
+    """What a lookup gives: its answer with reprs (enum members included), or its error."""
+    try:
+        return [tuple(map(repr, entry)) for entry in lookup()]
+    except OSError as exc:
+        return (type(exc), str(exc))
+
+
+def test_numeric_lookups_match_socket_getaddrinfo_across_arguments(loop):
+    # Numeric hosts are answered without the resolver thread; every combination of the
+    # arguments must still give exactly what socket.getaddrinfo gives, errors included.
+    hosts = ["127.0.0.1", "::1", "0:0::ffff:1.2.3.4", b"10.1.2.3", "255.255.255.255"]
+    ports = [0, "443", None, 65535]
+    families = [0, socket.AF_INET, socket.AF_INET6]
+    kinds = [0, socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW]
+    protos = [0, socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP]
+    cases = [
+        (host, port, family, kind, proto)
+        for host in hosts
+        for port in ports
+        for family in families
+        for kind in kinds
+        for proto in protos
+    ]
+
+    async def via_loop():
+        outcomes = []
+        for host, port, family, kind, proto in cases:
+            try:
+                answer = await loop.getaddrinfo(host, port, family=family, type=kind, proto=proto)
+            except OSError as exc:
+                outcomes.append((type(exc), str(exc)))
+            else:
+                outcomes.append([tuple(map(repr, entry)) for entry in answer])
+        return outcomes
+
+    expected = [lookup_outcome(lambda c=case: socket.getaddrinfo(*c)) for case in cases]
+    assert loop.run_until_complete(via_loop()) == expected

@@ -352,9 +352,14 @@ class Loop(
             return await self.run_in_executor(
                 None, self._getaddrinfo_debug, host, port, family, type, proto, flags
             )
+        # Nothing to look up for an address literal and a port number: the answer is built
+        # here (the common arguments) or the C library gives it from the strings alone,
+        # in microseconds, where a thread hand-off would cost ten times that.
+        answer = _numeric_addrinfo(host, port, family, type, proto, flags)
+        if answer is not None:
+            self._check_closed()
+            return answer
         if _is_numeric_address(host) and _is_numeric_port(port):
-            # Nothing to look up: the C library answers from the strings alone, without
-            # DNS or file reads, in microseconds; a thread hand-off would cost ten times that.
             self._check_closed()
             return socket.getaddrinfo(host, port, family, type, proto, flags)
         return await self.run_in_executor(
@@ -451,3 +456,61 @@ def _is_numeric_port(port: Any) -> bool:
     if isinstance(port, bytes):
         port = port.decode("ascii", "replace")
     return isinstance(port, str) and port.isascii() and port.isdigit()
+
+
+# What getaddrinfo answers for a numeric host per (type, proto), in its order. Keys are
+# plain ints: hashing the enum members callers pass would call Python-level __hash__.
+_STREAM = (socket.SOCK_STREAM, socket.IPPROTO_TCP)
+_DGRAM = (socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+_SOCKET_KINDS = {
+    (0, 0): (_STREAM, _DGRAM, (socket.SOCK_RAW, 0)),
+    (0, int(socket.IPPROTO_TCP)): (_STREAM,),
+    (0, int(socket.IPPROTO_UDP)): (_DGRAM,),
+    (int(socket.SOCK_STREAM), 0): (_STREAM,),
+    (int(socket.SOCK_STREAM), int(socket.IPPROTO_TCP)): (_STREAM,),
+    (int(socket.SOCK_DGRAM), 0): (_DGRAM,),
+    (int(socket.SOCK_DGRAM), int(socket.IPPROTO_UDP)): (_DGRAM,),
+}
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+
+
+def _numeric_addrinfo(
+    host: Any, port: Any, family: int, type: int, proto: int, flags: int
+) -> list[Any] | None:
+    """``socket.getaddrinfo``'s answer for an address literal (no scope id) and a port
+    number, built without calling it, for the common arguments; None for anything else."""
+    if flags or not isinstance(type, int) or not isinstance(proto, int):
+        return None
+    kinds = _SOCKET_KINDS.get((int(type), int(proto)))
+    if kinds is None:
+        return None
+    if port is None:
+        port = 0
+    elif isinstance(port, (str, bytes)):
+        if not (port.isdigit() and port.isascii()):
+            return None
+        port = int(port)
+    elif not isinstance(port, int) or isinstance(port, bool):
+        return None
+    if not 0 <= port <= 0xFFFF:
+        return None  # the C library wraps it; leave that to the C library
+    if isinstance(host, bytes):
+        if not host.isascii():
+            return None
+        host = host.decode("ascii")
+    elif not isinstance(host, str):
+        return None
+    address: tuple[Any, ...]
+    try:
+        if ":" in host:
+            host_family = _AF_INET6
+            address = (socket.inet_ntop(_AF_INET6, socket.inet_pton(_AF_INET6, host)), port, 0, 0)
+        else:
+            host_family = _AF_INET
+            socket.inet_pton(_AF_INET, host)  # dotted quads it accepts are canonical
+            address = (host, port)
+    except (OSError, ValueError):
+        return None
+    if family and family != host_family:
+        return None  # an error; the C library words it
+    return [(host_family, kind, kind_proto, "", address) for kind, kind_proto in kinds]
