@@ -250,6 +250,29 @@ impl LoopCore {
         Ok(timer)
     }
 
+    /// A handle for `call_soon`/`call_soon_threadsafe`, checked as `method` does it (the
+    /// thread check only for `call_soon`), hidden from the collector until it runs.
+    fn queued_handle<'py>(
+        &self,
+        method: &str,
+        callback: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = callback.py();
+        self.check_closed()?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        if debug {
+            if method == "call_soon" {
+                self.check_thread()?;
+            }
+            self.check_callback(&callback, method)?;
+        }
+        let handle = self.make_handle(py, callback, args, context, debug)?;
+        hide_while_queued(handle.bind(py));
+        Ok(handle)
+    }
+
     /// `call_soon` (entered through `fastcall.rs`).
     pub fn schedule_soon<'py>(
         &self,
@@ -258,14 +281,7 @@ impl LoopCore {
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = callback.py();
-        self.check_closed()?;
-        let debug = self.debug.load(Ordering::Relaxed);
-        if debug {
-            self.check_thread()?;
-            self.check_callback(&callback, "call_soon")?;
-        }
-        let handle = self.make_handle(py, callback, args, context, debug)?;
-        hide_while_queued(handle.bind(py));
+        let handle = self.queued_handle("call_soon", callback, args, context)?;
         self.push_ready(py, &handle);
         Ok(handle.into_bound(py))
     }
@@ -278,13 +294,7 @@ impl LoopCore {
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = callback.py();
-        self.check_closed()?;
-        let debug = self.debug.load(Ordering::Relaxed);
-        if debug {
-            self.check_callback(&callback, "call_soon_threadsafe")?;
-        }
-        let handle = self.make_handle(py, callback, args, context, debug)?;
-        hide_while_queued(handle.bind(py));
+        let handle = self.queued_handle("call_soon_threadsafe", callback, args, context)?;
         let waker = {
             let mut state = self.state.lock();
             state.ready.push_back(Ready::Callback(handle.clone_ref(py)));
@@ -304,7 +314,7 @@ impl LoopCore {
     /// `call_later`: `callback(*args)` after `delay` seconds.
     pub fn schedule_later<'py>(
         &self,
-        delay: &Bound<'py, PyAny>,
+        delay: Bound<'py, PyAny>,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
@@ -319,7 +329,7 @@ impl LoopCore {
             Ok(delay) if is_number => now + delay,
             // Anything else adds the way the stdlib's `self.time() + delay` does, with its
             // errors (numpy scalars work, strings raise the usual TypeError).
-            _ => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
+            _ => PyFloat::new(py, now).add(&delay)?.extract::<f64>()?,
         };
         self.schedule_timer(py, when, callback, args, context)
             .map(|timer| timer.into_bound(py))
@@ -328,7 +338,7 @@ impl LoopCore {
     /// `call_at`: like `call_later`, with an absolute time on the loop clock.
     pub fn schedule_at<'py>(
         &self,
-        when: &Bound<'py, PyAny>,
+        when: Bound<'py, PyAny>,
         callback: Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,

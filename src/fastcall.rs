@@ -171,88 +171,33 @@ fn finish(
     }
 }
 
-unsafe extern "C" fn call_soon(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry(
-        "call_soon",
-        ["callback"],
-        slf,
-        args,
-        nargsf,
-        kwnames,
-        |slf, a| {
-            let [callback] = a.fixed;
-            LoopCore::schedule_soon(slf.get(), callback, a.args, a.context).map(Bound::into_any)
-        },
-    )
+/// Defines the entry point of a scheduling method `name(fixed..., *args, context=None)`,
+/// which hands its arguments, in that order, to the `LoopCore` method `body`.
+macro_rules! scheduling_method {
+    ($name:ident, [$($fixed:ident),+], $body:path) => {
+        unsafe extern "C" fn $name(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargsf: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            let names = [$(stringify!($fixed)),+];
+            entry(stringify!($name), names, slf, args, nargsf, kwnames, |slf, a| {
+                let [$($fixed),+] = a.fixed;
+                $body(slf.get(), $($fixed,)+ a.args, a.context).map(Bound::into_any)
+            })
+        }
+    };
 }
 
-unsafe extern "C" fn call_soon_threadsafe(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry(
-        "call_soon_threadsafe",
-        ["callback"],
-        slf,
-        args,
-        nargsf,
-        kwnames,
-        |slf, a| {
-            let [callback] = a.fixed;
-            LoopCore::schedule_threadsafe(slf.get(), callback, a.args, a.context)
-                .map(Bound::into_any)
-        },
-    )
-}
-
-unsafe extern "C" fn call_later(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry(
-        "call_later",
-        ["delay", "callback"],
-        slf,
-        args,
-        nargsf,
-        kwnames,
-        |slf, a| {
-            let [delay, callback] = a.fixed;
-            LoopCore::schedule_later(slf.get(), &delay, callback, a.args, a.context)
-                .map(Bound::into_any)
-        },
-    )
-}
-
-unsafe extern "C" fn call_at(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry(
-        "call_at",
-        ["when", "callback"],
-        slf,
-        args,
-        nargsf,
-        kwnames,
-        |slf, a| {
-            let [when, callback] = a.fixed;
-            LoopCore::schedule_at(slf.get(), &when, callback, a.args, a.context)
-                .map(Bound::into_any)
-        },
-    )
-}
+scheduling_method!(call_soon, [callback], LoopCore::schedule_soon);
+scheduling_method!(
+    call_soon_threadsafe,
+    [callback],
+    LoopCore::schedule_threadsafe
+);
+scheduling_method!(call_later, [delay, callback], LoopCore::schedule_later);
+scheduling_method!(call_at, [when, callback], LoopCore::schedule_at);
 
 unsafe extern "C" fn create_future(
     slf: *mut ffi::PyObject,
