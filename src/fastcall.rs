@@ -1,18 +1,22 @@
-//! Hand-written `METH_FASTCALL | METH_KEYWORDS` entry points for the four scheduling
-//! methods (`call_soon`, `call_soon_threadsafe`, `call_later`, `call_at`).
+//! Hand-written `METH_FASTCALL | METH_KEYWORDS` / `METH_NOARGS` entry points for the
+//! hottest methods: the four scheduling methods (`call_soon`, `call_soon_threadsafe`,
+//! `call_later`, `call_at`), `create_future`, `create_task` and `Handle.cancel`.
 //!
 //! These are the loop's hottest calls: every task step and future callback goes through
 //! `call_soon`. PyO3's generic argument extraction plus its trampoline cost about as much
 //! as the rest of `call_soon` together; parsing `(fixed..., *args, context=None)` here
 //! directly from the vector of arguments is a few comparisons.
 //!
-//! The methods are installed on `LoopCore` as ordinary method descriptors when the module
-//! is created, replacing nothing: `LoopCore` declares no methods of these names.
+//! The methods are installed on `LoopCore` and `Handle` as ordinary method descriptors when
+//! the module is created, replacing nothing: neither class declares methods of these names.
 //!
 //! # Implementation notes
 //! Everything here runs attached to the interpreter (CPython calls a method descriptor's
 //! function with the GIL held). Objects are held as `Bound`, whose drop is a plain
-//! decref. A panic is caught and raised as `SystemError`, never unwound into CPython.
+//! decref: these entry points skip PyO3's trampoline and its attach count, so a `Py`
+//! dropped here (outside a running loop) would only have its decref deferred to PyO3's
+//! pool. The success paths drop none; error paths may. A panic is caught and raised as
+//! `SystemError`, never unwound into CPython.
 
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,6 +27,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
+use crate::handle::Handle;
 
 /// The arguments of a scheduling method: its fixed positional parameters (the callback
 /// last), the callback's own arguments, and the `context` keyword.
@@ -259,6 +264,19 @@ unsafe extern "C" fn create_task(
     finish(py, "create_task", outcome)
 }
 
+/// `Handle.cancel()`.
+unsafe extern "C" fn cancel(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<Handle>()?;
+        Handle::cancel(&slf).map(|()| py.None().into_bound(py))
+    }));
+    finish(py, "cancel", outcome)
+}
+
 /// A method table entry: name, function, docstring with the `__text_signature__`
 /// CPython reads from it.
 struct Method {
@@ -326,11 +344,25 @@ const METHODS: [Method; 6] = [
     },
 ];
 
-/// Adds the methods above to `LoopCore` (once, at module creation).
+const HANDLE_METHODS: [Method; 1] = [Method {
+    name: c"cancel",
+    function: ffi::PyMethodDefPointer {
+        PyCFunction: cancel,
+    },
+    flags: ffi::METH_NOARGS,
+    doc: c"cancel($self, /)\n--\n\n\
+          Cancel the callback. Cancelling an already cancelled or finished handle does nothing.",
+}];
+
+/// Adds the methods above to `LoopCore` and `Handle` (once, at module creation).
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    let class: Bound<'_, PyType> = py.get_type::<LoopCore>();
-    for method in METHODS {
-        // The definition must outlive the type: leaked once per process, six of them.
+    add_methods(py, &py.get_type::<LoopCore>(), &METHODS)?;
+    add_methods(py, &py.get_type::<Handle>(), &HANDLE_METHODS)
+}
+
+fn add_methods(py: Python<'_>, class: &Bound<'_, PyType>, methods: &[Method]) -> PyResult<()> {
+    for method in methods {
+        // The definition must outlive the type: leaked once per process, a few of them.
         let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
             ml_name: method.name.as_ptr(),
             ml_meth: method.function,
