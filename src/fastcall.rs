@@ -1,14 +1,14 @@
 //! Hand-written `METH_FASTCALL | METH_KEYWORDS` / `METH_NOARGS` entry points for the
 //! hottest methods: the four scheduling methods (`call_soon`, `call_soon_threadsafe`,
-//! `call_later`, `call_at`), `create_future`, `create_task` and `Handle.cancel`.
+//! `call_later`, `call_at`), `create_future` and `create_task`.
 //!
 //! These are the loop's hottest calls: every task step and future callback goes through
 //! `call_soon`. PyO3's generic argument extraction plus its trampoline cost about as much
 //! as the rest of `call_soon` together; parsing `(fixed..., *args, context=None)` here
 //! directly from the vector of arguments is a few comparisons.
 //!
-//! The methods are installed on `LoopCore` and `Handle` as ordinary method descriptors when
-//! the module is created, replacing nothing: neither class declares methods of these names.
+//! The methods are installed on `LoopCore` as ordinary method descriptors when the module
+//! is created, replacing nothing: `LoopCore` declares no methods of these names.
 //!
 //! # Implementation notes
 //! Everything here runs attached to the interpreter (CPython calls a method descriptor's
@@ -27,7 +27,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
-use crate::handle::Handle;
 
 /// The arguments of a scheduling method: its fixed positional parameters (the callback
 /// last), the callback's own arguments, and the `context` keyword.
@@ -264,19 +263,6 @@ unsafe extern "C" fn create_task(
     finish(py, "create_task", outcome)
 }
 
-/// `Handle.cancel()`.
-unsafe extern "C" fn cancel(
-    slf: *mut ffi::PyObject,
-    _unused: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    let py = Python::assume_attached();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<Handle>()?;
-        Handle::cancel(&slf).map(|()| py.None().into_bound(py))
-    }));
-    finish(py, "cancel", outcome)
-}
-
 /// A method table entry: name, function, docstring with the `__text_signature__`
 /// CPython reads from it.
 struct Method {
@@ -344,20 +330,9 @@ const METHODS: [Method; 6] = [
     },
 ];
 
-const HANDLE_METHODS: [Method; 1] = [Method {
-    name: c"cancel",
-    function: ffi::PyMethodDefPointer {
-        PyCFunction: cancel,
-    },
-    flags: ffi::METH_NOARGS,
-    doc: c"cancel($self, /)\n--\n\n\
-          Cancel the callback. Cancelling an already cancelled or finished handle does nothing.",
-}];
-
-/// Adds the methods above to `LoopCore` and `Handle` (once, at module creation).
+/// Adds the methods above to `LoopCore` (once, at module creation).
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    add_methods(py, &py.get_type::<LoopCore>(), &METHODS)?;
-    add_methods(py, &py.get_type::<Handle>(), &HANDLE_METHODS)
+    add_methods(py, &py.get_type::<LoopCore>(), &METHODS)
 }
 
 fn add_methods(py: Python<'_>, class: &Bound<'_, PyType>, methods: &[Method]) -> PyResult<()> {

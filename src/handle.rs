@@ -246,9 +246,9 @@ fn handle_repr(slf: &Bound<'_, PyAny>) -> PyResult<String> {
         .extract()
 }
 
+#[pymethods]
 impl Handle {
-    /// `cancel()` (entered through `fastcall.rs`): cancel the callback. Cancelling an
-    /// already cancelled or finished handle does nothing.
+    /// Cancel the callback. Cancelling an already cancelled or finished handle does nothing.
     pub fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         if this.mark_cancelled() {
@@ -260,8 +260,8 @@ impl Handle {
             this.slots.lock().cancelled_repr = Some(repr);
         }
         // Taken out under the lock, dropped after it: dropping may run `__del__` code.
-        // Dropped as `Bound`s, whose drop is a plain decref: entered through fastcall.rs,
-        // outside PyO3's bookkeeping, a dropped `Py` would have its decref deferred.
+        // Dropped as `Bound`s, whose drop is a plain decref (the loop also calls this from
+        // paths where a dropped `Py` would have its decref deferred to PyO3's pool).
         let call = this.slots.lock().call.take();
         if let Some(Call { callback, args }) = call {
             let py = slf.py();
@@ -269,10 +269,7 @@ impl Handle {
         }
         Ok(())
     }
-}
 
-#[pymethods]
-impl Handle {
     fn cancelled(&self) -> bool {
         self.is_cancelled()
     }
