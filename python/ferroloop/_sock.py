@@ -14,13 +14,14 @@ syscall itself. So the syscall runs only in a coroutine that is still wanted:
 
 As with the stdlib loop, one fd has one reader and one writer: a second call waiting on the
 same side of the same socket takes the watcher over, and the first waits until cancelled.
-``_sock_readers``/``_sock_writers`` remember which call owns the watcher of each fd, so a
-cancelled call never removes a watcher it no longer owns.
+``_OneShotWaits`` remembers which call owns the watcher of each fd, so a cancelled call
+never removes a watcher it no longer owns.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import socket
@@ -84,67 +85,62 @@ def _ip_literal_addrinfo(
     return None
 
 
+class _OneShotWaits:
+    """The sock_* readiness waits on one side (read or write) of a loop's fds."""
+
+    __slots__ = ("_create_future", "_add", "_remove", "_owners")
+
+    def __init__(self, create_future: Any, add: Any, remove: Any) -> None:
+        self._create_future = create_future
+        self._add, self._remove = add, remove  # the loop's _add_reader/_remove_reader, …
+        self._owners: dict[int, Any] = {}  # fd -> the future its watcher resolves
+
+    async def ready(self, fd: int) -> None:
+        """Return once ``fd`` is ready, through a watcher that removes itself; a wait that
+        ends otherwise (cancelled, or the coroutine closed) removes it if it still owns it."""
+        fut = self._create_future()
+        self._add(fd, self._fire, fd, fut)
+        self._owners[fd] = fut
+        try:
+            await fut
+        except BaseException:
+            if self._owners.get(fd) is fut:
+                del self._owners[fd]
+                self._remove(fd)
+            raise
+
+    def _fire(self, fd: int, fut: Any) -> None:
+        # Runs only while it is fd's watcher (adding or removing a watcher cancels the one
+        # it replaces), so removing fd's watcher removes this one.
+        self._remove(fd)
+        if self._owners.get(fd) is fut:
+            del self._owners[fd]
+        if not fut.done():
+            fut.set_result(None)
+
+
 class SockMixin:
-    # fd -> the future of the sock_* call whose one-shot watcher is installed on it.
-    _sock_readers: dict[int, Any] | None = None
-    _sock_writers: dict[int, Any] | None = None
+    # The one-shot readiness waits of each side, made on first use.
 
-    # ---- waiting for readiness ------------------------------------------------------
-    # A call waits with ``fut = self._sock_watch_readable(fd)`` and ``await fut``; if the
-    # await raises (cancelled, or the coroutine closed), ``_sock_unwatch_readable``.
+    @functools.cached_property
+    def _sock_readable(self) -> _OneShotWaits:
+        return _OneShotWaits(self.create_future, self._add_reader, self._remove_reader)
 
-    def _sock_watch_readable(self, fd: int) -> Any:
-        """A future resolved once ``fd`` is readable, by a reader that removes itself."""
-        fut = self.create_future()
-        self._add_reader(fd, self._sock_read_ready, fd, fut)
-        readers = self._sock_readers
-        if readers is None:
-            readers = self._sock_readers = {}
-        readers[fd] = fut
-        return fut
+    @functools.cached_property
+    def _sock_writable(self) -> _OneShotWaits:
+        return _OneShotWaits(self.create_future, self._add_writer, self._remove_writer)
 
-    def _sock_unwatch_readable(self, fd: int, fut: Any) -> None:
-        """Remove the reader of ``fut`` if it is still ``fd``'s reader."""
-        readers = self._sock_readers
-        if readers.get(fd) is fut:
-            del readers[fd]
-            self._remove_reader(fd)
-
-    def _sock_read_ready(self, fd: int, fut: Any) -> None:
-        # Runs only while it is fd's reader (adding or removing a reader cancels the one it
-        # replaces), so removing fd's reader removes this one.
-        self._remove_reader(fd)
-        readers = self._sock_readers
-        if readers.get(fd) is fut:
-            del readers[fd]
-        if not fut.done():
-            fut.set_result(None)
-
-    def _sock_watch_writable(self, fd: int) -> Any:
-        """A future resolved once ``fd`` is writable, by a writer that removes itself."""
-        fut = self.create_future()
-        self._add_writer(fd, self._sock_write_ready, fd, fut)
-        writers = self._sock_writers
-        if writers is None:
-            writers = self._sock_writers = {}
-        writers[fd] = fut
-        return fut
-
-    def _sock_unwatch_writable(self, fd: int, fut: Any) -> None:
-        """Remove the writer of ``fut`` if it is still ``fd``'s writer."""
-        writers = self._sock_writers
-        if writers.get(fd) is fut:
-            del writers[fd]
-            self._remove_writer(fd)
-
-    def _sock_write_ready(self, fd: int, fut: Any) -> None:
-        # Runs only while it is fd's writer (see _sock_read_ready).
-        self._remove_writer(fd)
-        writers = self._sock_writers
-        if writers.get(fd) is fut:
-            del writers[fd]
-        if not fut.done():
-            fut.set_result(None)
+    async def _sock_retry(self, waits: _OneShotWaits, sock: Any, method: str, *args: Any) -> Any:
+        """``sock.<method>(*args)`` each time ``sock`` turns ready, until it does not
+        would-block (the first attempt, before any wait, stays in the caller). The method
+        is looked up at each attempt, as a direct call would."""
+        fd = self._sock_fd(sock)
+        while True:
+            await waits.ready(fd)
+            try:
+                return getattr(sock, method)(*args)
+            except _NOT_READY:
+                pass
 
     def _sock_fd(self, sock: Any) -> int:
         """``sock``'s fd, refused if a live transport owns it (checked before waiting)."""
@@ -167,18 +163,7 @@ class SockMixin:
             return sock.recv(n)
         except _NOT_READY:
             pass
-        fd = self._sock_fd(sock)
-        while True:
-            fut = self._sock_watch_readable(fd)
-            try:
-                await fut
-            except BaseException:
-                self._sock_unwatch_readable(fd, fut)
-                raise
-            try:
-                return sock.recv(n)
-            except _NOT_READY:
-                pass
+        return await self._sock_retry(self._sock_readable, sock, "recv", n)
 
     async def sock_recv_into(self, sock: Any, buf: Any) -> int:
         """Receive into the writable buffer ``buf``; return the number of bytes written."""
@@ -190,18 +175,7 @@ class SockMixin:
             return sock.recv_into(buf)
         except _NOT_READY:
             pass
-        fd = self._sock_fd(sock)
-        while True:
-            fut = self._sock_watch_readable(fd)
-            try:
-                await fut
-            except BaseException:
-                self._sock_unwatch_readable(fd, fut)
-                raise
-            try:
-                return sock.recv_into(buf)
-            except _NOT_READY:
-                pass
+        return await self._sock_retry(self._sock_readable, sock, "recv_into", buf)
 
     async def sock_recvfrom(self, sock: Any, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to ``bufsize`` bytes; return ``(data, address)``."""
@@ -213,18 +187,7 @@ class SockMixin:
             return sock.recvfrom(bufsize)
         except _NOT_READY:
             pass
-        fd = self._sock_fd(sock)
-        while True:
-            fut = self._sock_watch_readable(fd)
-            try:
-                await fut
-            except BaseException:
-                self._sock_unwatch_readable(fd, fut)
-                raise
-            try:
-                return sock.recvfrom(bufsize)
-            except _NOT_READY:
-                pass
+        return await self._sock_retry(self._sock_readable, sock, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock: Any, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram into ``buf`` (at most ``nbytes``, default ``len(buf)``);
@@ -239,18 +202,7 @@ class SockMixin:
             return sock.recvfrom_into(buf, nbytes)
         except _NOT_READY:
             pass
-        fd = self._sock_fd(sock)
-        while True:
-            fut = self._sock_watch_readable(fd)
-            try:
-                await fut
-            except BaseException:
-                self._sock_unwatch_readable(fd, fut)
-                raise
-            try:
-                return sock.recvfrom_into(buf, nbytes)
-            except _NOT_READY:
-                pass
+        return await self._sock_retry(self._sock_readable, sock, "recvfrom_into", buf, nbytes)
 
     # ---- sending --------------------------------------------------------------------
 
@@ -276,12 +228,7 @@ class SockMixin:
         with memoryview(data) as whole, whole.cast("B") as view:
             size = len(view)
             while sent < size:
-                fut = self._sock_watch_writable(fd)
-                try:
-                    await fut
-                except BaseException:
-                    self._sock_unwatch_writable(fd, fut)
-                    raise
+                await self._sock_writable.ready(fd)
                 try:
                     sent += sock.send(view[sent:])
                 except _NOT_READY:
@@ -297,18 +244,7 @@ class SockMixin:
             return sock.sendto(data, address)
         except _NOT_READY:
             pass
-        fd = self._sock_fd(sock)
-        while True:
-            fut = self._sock_watch_writable(fd)
-            try:
-                await fut
-            except BaseException:
-                self._sock_unwatch_writable(fd, fut)
-                raise
-            try:
-                return sock.sendto(data, address)
-            except _NOT_READY:
-                pass
+        return await self._sock_retry(self._sock_writable, sock, "sendto", data, address)
 
     # ---- connecting and accepting ---------------------------------------------------
 
@@ -350,21 +286,11 @@ class SockMixin:
             # In progress (EINPROGRESS, or EINTR: the connection goes on in the
             # background): the socket turns writable when it has succeeded or failed.
             pass
-        fd = self._sock_fd(sock)
-        while True:
-            fut = self._sock_watch_writable(fd)
-            try:
-                await fut
-            except BaseException:
-                self._sock_unwatch_writable(fd, fut)
-                raise
-            try:
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            except _NOT_READY:
-                continue
-            if err:
-                raise OSError(err, f"Connect call failed {address}")
-            return
+        err = await self._sock_retry(
+            self._sock_writable, sock, "getsockopt", socket.SOL_SOCKET, socket.SO_ERROR
+        )
+        if err:
+            raise OSError(err, f"Connect call failed {address}")
 
     async def sock_accept(self, sock: Any) -> tuple[Any, Any]:
         """Accept a connection on the listening ``sock``; return ``(conn, address)`` with
@@ -380,20 +306,9 @@ class SockMixin:
         else:
             conn.setblocking(False)
             return conn, address
-        fd = self._sock_fd(sock)
-        while True:
-            fut = self._sock_watch_readable(fd)
-            try:
-                await fut
-            except BaseException:
-                self._sock_unwatch_readable(fd, fut)
-                raise
-            try:
-                conn, address = sock.accept()
-            except _NOT_READY:
-                continue
-            conn.setblocking(False)
-            return conn, address
+        conn, address = await self._sock_retry(self._sock_readable, sock, "accept")
+        conn.setblocking(False)
+        return conn, address
 
     # ---- sendfile -------------------------------------------------------------------
 
@@ -484,12 +399,7 @@ class SockMixin:
                     total_sent += sent
                 # Wait for room; after a block sent, this also lets other callbacks run
                 # between blocks, as on the stdlib loop.
-                fut = self._sock_watch_writable(fd)
-                try:
-                    await fut
-                except BaseException:
-                    self._sock_unwatch_writable(fd, fut)
-                    raise
+                await self._sock_writable.ready(fd)
         finally:
             if total_sent > 0:
                 os.lseek(fileno, offset, os.SEEK_SET)
