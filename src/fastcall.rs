@@ -1,14 +1,16 @@
 //! Hand-written `METH_FASTCALL | METH_KEYWORDS` / `METH_NOARGS` entry points for the
 //! hottest methods: the four scheduling methods (`call_soon`, `call_soon_threadsafe`,
-//! `call_later`, `call_at`), `create_future` and `create_task`.
+//! `call_later`, `call_at`), `create_future` and `create_task` of the loop, and the stream
+//! transport's `write`.
 //!
-//! These are the loop's hottest calls: every task step and future callback goes through
-//! `call_soon`. PyO3's generic argument extraction plus its trampoline cost about as much
+//! These are the hottest calls: every task step and future callback goes through
+//! `call_soon`, every reply a server sends through `write`. PyO3's generic argument extraction plus its trampoline cost about as much
 //! as the rest of `call_soon` together; parsing `(fixed..., *args, context=None)` here
 //! directly from the vector of arguments is a few comparisons.
 //!
-//! The methods are installed on `LoopCore` as ordinary method descriptors when the module
-//! is created, replacing nothing: `LoopCore` declares no methods of these names.
+//! The methods are installed on `LoopCore` and `StreamCore` as ordinary method descriptors
+//! when the module is created, replacing nothing: neither class declares methods of these
+//! names.
 //!
 //! # Implementation notes
 //! Everything here runs attached to the interpreter (CPython calls a method descriptor's
@@ -27,6 +29,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
+use crate::transport::stream::StreamCore;
 
 /// The arguments of a scheduling method: its fixed positional parameters (the callback
 /// last), the callback's own arguments, and the `context` keyword.
@@ -151,13 +154,14 @@ unsafe fn entry<const FIXED: usize>(
         let parsed = parse(py, method, names, args, nargsf, kwnames)?;
         body(&slf, parsed)
     }));
-    finish(py, method, outcome)
+    finish(py, "Loop", method, outcome)
 }
 
 /// Hands a method's outcome to CPython: a new reference, or NULL with the error (a panic
 /// as SystemError) raised.
 fn finish(
     py: Python<'_>,
+    class: &str,
     method: &str,
     outcome: std::thread::Result<PyResult<Bound<'_, PyAny>>>,
 ) -> *mut ffi::PyObject {
@@ -168,7 +172,7 @@ fn finish(
             std::ptr::null_mut()
         }
         Err(_) => {
-            PySystemError::new_err(format!("ferroloop: internal panic in Loop.{method}()"))
+            PySystemError::new_err(format!("ferroloop: internal panic in {class}.{method}()"))
                 .restore(py);
             std::ptr::null_mut()
         }
@@ -212,7 +216,7 @@ unsafe extern "C" fn create_future(
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
         LoopCore::new_future(&slf)
     }));
-    finish(py, "create_future", outcome)
+    finish(py, "Loop", "create_future", outcome)
 }
 
 /// `create_task(coro, *, name=None, context=None)`.
@@ -260,7 +264,73 @@ unsafe extern "C" fn create_task(
         let coro = coro.ok_or_else(|| missing_error("create_task", &["coro"]))?;
         LoopCore::new_task(&slf, &coro, name.as_ref(), context.as_ref())
     }));
-    finish(py, "create_task", outcome)
+    finish(py, "Loop", "create_task", outcome)
+}
+
+/// `write(data)` of a stream transport (`SocketTransport.write`, bound from its core).
+unsafe extern "C" fn stream_write(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<StreamCore>()?;
+        let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+        let data = if nargs == 1 && kwnames.is_null() {
+            Bound::from_borrowed_ptr(py, *args)
+        } else {
+            only_argument(py, "SocketTransport.write", "data", args, nargs, kwnames)?
+        };
+        StreamCore::write_data(&slf, &data).map(|()| py.None().into_bound(py))
+    }));
+    finish(py, "SocketTransport", "write", outcome)
+}
+
+/// The one argument of `method(name)`, passed by position or keyword; otherwise the
+/// TypeError CPython gives a Python function of that signature.
+///
+/// # Safety
+/// As for `parse`: `args` holds `nargs + len(kwnames)` live object pointers.
+unsafe fn only_argument<'py>(
+    py: Python<'py>,
+    method: &str,
+    name: &str,
+    args: *const *mut ffi::PyObject,
+    nargs: usize,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    if nargs > 1 {
+        return Err(PyTypeError::new_err(format!(
+            "{method}() takes 2 positional arguments but {} were given",
+            nargs + 1
+        )));
+    }
+    let mut value = (nargs == 1).then(|| Bound::from_borrowed_ptr(py, *args));
+    if !kwnames.is_null() {
+        let kwnames = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
+        for (k, keyword) in kwnames.iter().enumerate() {
+            let keyword = keyword.cast_into::<PyString>()?;
+            let keyword = keyword.to_str()?;
+            if keyword != name {
+                return Err(PyTypeError::new_err(format!(
+                    "{method}() got an unexpected keyword argument '{keyword}'"
+                )));
+            }
+            if value.is_some() {
+                return Err(PyTypeError::new_err(format!(
+                    "{method}() got multiple values for argument '{name}'"
+                )));
+            }
+            value = Some(Bound::from_borrowed_ptr(py, *args.add(nargs + k)));
+        }
+    }
+    value.ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "{method}() missing 1 required positional argument: '{name}'"
+        ))
+    })
 }
 
 /// A method table entry: name, function, docstring with the `__text_signature__`
@@ -330,9 +400,20 @@ const METHODS: [Method; 6] = [
     },
 ];
 
-/// Adds the methods above to `LoopCore` (once, at module creation).
+const STREAM_METHODS: [Method; 1] = [Method {
+    name: c"write",
+    function: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: stream_write,
+    },
+    flags: FASTCALL,
+    doc: c"write($self, data)\n--\n\n\
+          Write `data` (bytes-like) without blocking; what the socket does not take is queued.",
+}];
+
+/// Adds the methods above to `LoopCore` and `StreamCore` (once, at module creation).
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    add_methods(py, &py.get_type::<LoopCore>(), &METHODS)
+    add_methods(py, &py.get_type::<LoopCore>(), &METHODS)?;
+    add_methods(py, &py.get_type::<StreamCore>(), &STREAM_METHODS)
 }
 
 fn add_methods(py: Python<'_>, class: &Bound<'_, PyType>, methods: &[Method]) -> PyResult<()> {

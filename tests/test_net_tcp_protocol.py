@@ -195,6 +195,57 @@ def test_set_protocol_redirects_later_data(loop):
     run(loop, main())
 
 
+def test_received_bytes_stay_what_they_were_whatever_the_protocol_keeps(loop):
+    # Sizes above pymalloc's 512 bytes, growing and shrinking: ferroloop refills a bytes
+    # object the protocol let go of, never one it kept (the list, the memoryview).
+    sizes = [4000, 3000, 2500, 4000, 600, 1000, 700, 513, 2048, 60000, 40000, 30000, 1200] * 4
+    chunks = [payload(size + i)[i:] for i, size in enumerate(sizes)]
+
+    class Keeper(asyncio.Protocol):
+        def __init__(self):
+            self.kept = []  # every third object itself, every third a memoryview of it
+            self.seen = []  # (a copy, hash(data), id(data)) of each
+            self.total = 0
+            self.waiter = None
+
+        def data_received(self, data):
+            assert type(data) is bytes
+            copy = bytes(bytearray(data))
+            self.seen.append((copy, hash(data), hash(copy), id(data)))
+            if len(self.seen) % 3 == 1:
+                self.kept.append(data)
+            elif len(self.seen) % 3 == 2:
+                self.kept.append(memoryview(data))
+            self.total += len(data)
+            if self.waiter is not None and self.total >= self.waiter[0]:
+                self.waiter[1].set_result(None)
+
+    async def main():
+        client, server = raw_tcp_pair()
+        client.setblocking(False)
+        transport, protocol = await loop.create_connection(Keeper, sock=client)
+        expected_total = 0
+        for chunk in chunks:
+            expected_total += len(chunk)
+            protocol.waiter = (expected_total, loop.create_future())
+            server.sendall(chunk)  # one chunk at a time: each is (almost always) one read
+            await asyncio.wait_for(protocol.waiter[1], TIMEOUT)
+        transport.close()
+        server.close()
+        return protocol
+
+    protocol = run(loop, main())
+    assert b"".join(copy for copy, *_ in protocol.seen) == b"".join(chunks)
+    for _copy, data_hash, copy_hash, _ in protocol.seen:
+        assert data_hash == copy_hash  # a refilled object's hash is recomputed
+    kept = b"".join(bytes(item) for item in protocol.kept)
+    expected_kept = b"".join(copy for i, (copy, *_) in enumerate(protocol.seen) if i % 3 != 2)
+    assert kept == expected_kept
+    if loop.__class__.__module__.startswith("ferroloop"):
+        ids = [ident for *_, ident in protocol.seen]
+        assert len(set(ids)) < len(ids)  # some object was refilled: the test covered it
+
+
 def test_write_rejects_non_bytes(loop):
     async def main():
         server, transport, protocol, _ = await tcp_connection(loop)
@@ -204,6 +255,35 @@ def test_write_rejects_non_bytes(loop):
             assert str(info.value) == (
                 f"data argument must be a bytes-like object, not {type(bad).__name__!r}"
             )
+        await shutdown(server, (transport, protocol))
+
+    run(loop, main())
+
+
+def test_write_takes_data_by_keyword_and_rejects_bad_calls_as_a_method_would(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        transport.write(data=b"by keyword ")
+        transport.write(b"by position")
+        expected = b"by keyword by position"
+        assert await peer.received(len(expected)) == expected
+        errors = []
+        for call in [
+            lambda: transport.write(),
+            lambda: transport.write(b"a", b"b"),
+            lambda: transport.write(b"a", data=b"b"),
+            lambda: transport.write(payload=b"a"),
+        ]:
+            with pytest.raises(TypeError) as info:
+                call()
+            # The class name differs between loops; what follows it must not.
+            errors.append(str(info.value).split(".", 1)[1])
+        assert errors == [
+            "write() missing 1 required positional argument: 'data'",
+            "write() takes 2 positional arguments but 3 were given",
+            "write() got multiple values for argument 'data'",
+            "write() got an unexpected keyword argument 'payload'",
+        ]
         await shutdown(server, (transport, protocol))
 
     run(loop, main())

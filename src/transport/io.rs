@@ -86,6 +86,11 @@ pub fn send_chunks<'a>(
         // is valid and points at `iov`. MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
         let n = unsafe {
             match kind {
+                // One chunk (the usual write): `send` spares the kernel copying in a msghdr
+                // and an iovec array.
+                Syscalls::Socket if count == 1 => {
+                    libc::send(fd, iov[0].iov_base, iov[0].iov_len, libc::MSG_NOSIGNAL)
+                }
                 Syscalls::Socket => {
                     let mut msg: libc::msghdr = std::mem::zeroed();
                     msg.msg_iov = iov.as_mut_ptr();

@@ -4,6 +4,7 @@ pub mod datagram;
 pub mod flow;
 pub mod io;
 pub mod pipe;
+pub mod recycle;
 pub mod stream;
 
 use std::os::fd::RawFd;

@@ -4,7 +4,8 @@
 //! methods as its own, so `transport.write(data)` is a direct call into Rust.
 //!
 //! Reads: one `recv` per readiness edge into the thread's read buffer, handed to
-//! `data_received` as one `bytes` (or `recv` straight into `get_buffer()` for a
+//! `data_received` as one `bytes`, recycled when the protocol kept no reference to it
+//! (`recycle.rs`) (or `recv` straight into `get_buffer()` for a
 //! `BufferedProtocol`). A read that fills the buffer queues another read for the next
 //! iteration, since an edge-triggered poller reports no new edge for data already there.
 //!
@@ -24,7 +25,6 @@ use std::os::fd::RawFd;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -33,6 +33,7 @@ use crate::transport::flow::{consume, is_exit, tell_protocol, water_marks, DEFAU
 use crate::transport::io::{
     recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
 };
+use crate::transport::recycle::{bytes_for, recycle};
 use crate::transport::IoTransport;
 
 /// After this many writes to a lost connection, each further one logs a warning.
@@ -217,14 +218,16 @@ impl StreamCore {
         let fd = slf.get().fd;
         let (received, data) =
             READ_BUFFER.with_borrow_mut(|buf| match recv_into(Syscalls::Socket, fd, buf) {
-                Received::Data(n) => (Received::Data(n), Some(PyBytes::new(py, &buf[..n]))),
+                Received::Data(n) => (Received::Data(n), Some(bytes_for(py, &buf[..n]))),
                 other => (other, None),
             });
         match received {
             Received::Data(n) => {
                 Self::read_again_if_more(slf, n, READ_CHUNK)?;
-                if let Some(data) = data {
-                    if let Err(err) = data_received.call1(py, (data,)) {
+                if let Some((data, capacity)) = data {
+                    let outcome = data_received.call1(py, (&data,));
+                    recycle(data, capacity);
+                    if let Err(err) = outcome {
                         return Self::protocol_failed(
                             slf,
                             err,
@@ -536,6 +539,64 @@ impl StreamCore {
     pub fn fd(&self) -> RawFd {
         self.fd
     }
+
+    /// `transport.write(data)` (bytes-like): never blocks, never loses bytes. Reached
+    /// through the hand-written entry point in `fastcall.rs`.
+    pub(crate) fn write_data(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = with_bytes(data, |bytes| {
+            let mut state = this.state();
+            if state.eof_requested {
+                return Written::AfterEof;
+            }
+            if bytes.is_empty() {
+                return Written::Nothing;
+            }
+            if state.conn_lost > 0 {
+                state.conn_lost += 1;
+                return Written::ToLostConnection(state.conn_lost - 1);
+            }
+            let mut sent = 0;
+            if state.queue.is_empty() {
+                match send_chunks(Syscalls::Socket, this.fd, std::iter::once(bytes), 0) {
+                    Ok(n) => sent = n,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Written::Failed(err),
+                }
+            }
+            if sent < bytes.len() {
+                state.queue.push_back(bytes[sent..].to_vec());
+                state.queued += bytes.len() - sent;
+            }
+            Written::Sent
+        })?;
+        match outcome {
+            Written::AfterEof => Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            )),
+            Written::Nothing => Ok(()),
+            Written::ToLostConnection(count) => {
+                if count >= CONNLOST_WRITES_BEFORE_WARNING {
+                    py.import("asyncio.log")?
+                        .getattr("logger")?
+                        .call_method1("warning", ("socket.send() raised exception.",))?;
+                }
+                Ok(())
+            }
+            Written::Sent => {
+                if this.state().queued > 0 {
+                    Self::ensure_registered(slf)?;
+                }
+                Self::maybe_pause_protocol(slf)
+            }
+            Written::Failed(err) => Self::fatal_error(
+                slf,
+                os_error(py, err),
+                "Fatal write error on socket transport",
+            ),
+        }
+    }
 }
 
 impl StreamState {
@@ -612,67 +673,10 @@ impl StreamCore {
         Ok(())
     }
 
-    /// Write `data` (bytes-like); never blocks, never loses bytes.
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let outcome = with_bytes(data, |bytes| {
-            let mut state = this.state();
-            if state.eof_requested {
-                return Written::AfterEof;
-            }
-            if bytes.is_empty() {
-                return Written::Nothing;
-            }
-            if state.conn_lost > 0 {
-                state.conn_lost += 1;
-                return Written::ToLostConnection(state.conn_lost - 1);
-            }
-            let mut sent = 0;
-            if state.queue.is_empty() {
-                match send_chunks(Syscalls::Socket, this.fd, std::iter::once(bytes), 0) {
-                    Ok(n) => sent = n,
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(err) => return Written::Failed(err),
-                }
-            }
-            if sent < bytes.len() {
-                state.queue.push_back(bytes[sent..].to_vec());
-                state.queued += bytes.len() - sent;
-            }
-            Written::Sent
-        })?;
-        match outcome {
-            Written::AfterEof => Err(PyRuntimeError::new_err(
-                "Cannot call write() after write_eof()",
-            )),
-            Written::Nothing => Ok(()),
-            Written::ToLostConnection(count) => {
-                if count >= CONNLOST_WRITES_BEFORE_WARNING {
-                    py.import("asyncio.log")?
-                        .getattr("logger")?
-                        .call_method1("warning", ("socket.send() raised exception.",))?;
-                }
-                Ok(())
-            }
-            Written::Sent => {
-                if this.state().queued > 0 {
-                    Self::ensure_registered(slf)?;
-                }
-                Self::maybe_pause_protocol(slf)
-            }
-            Written::Failed(err) => Self::fatal_error(
-                slf,
-                os_error(py, err),
-                "Fatal write error on socket transport",
-            ),
-        }
-    }
-
     /// Write each item of an iterable of bytes-like objects.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         for data in list_of_data.try_iter()? {
-            Self::write(slf, &data?)?;
+            Self::write_data(slf, &data?)?;
         }
         Ok(())
     }
