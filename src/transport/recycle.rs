@@ -6,7 +6,8 @@
 //! and drop it (a parser, `StreamReader` copying into its buffer, an echo's `write` that
 //! the socket took), so when `data_received` returns, the read's own reference is often
 //! the only one left. Such an object is kept as the thread's spare and refilled by the
-//! next read that fits it.
+//! next read that fits it. A large spare (from 64 KiB) is received into directly, so bulk
+//! reads cost one copy (the kernel's) instead of two.
 //!
 //! # Why refilling is sound
 //! A `bytes` object is immutable to everyone who can see it. With a reference count of one
@@ -26,9 +27,14 @@ use std::cell::RefCell;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::transport::io::{Received, READ_BUFFER, READ_CHUNK};
+
 /// Smaller objects come from pymalloc, which is already cheap.
 #[cfg(not(Py_GIL_DISABLED))]
 const MIN_RECYCLED: usize = 513;
+/// A spare this large is the read buffer itself.
+#[cfg(not(Py_GIL_DISABLED))]
+const MIN_DIRECT: usize = 64 * 1024;
 
 #[cfg(not(Py_GIL_DISABLED))]
 struct Spare {
@@ -42,53 +48,138 @@ thread_local! {
     static SPARE: RefCell<Option<Spare>> = const { RefCell::new(None) };
 }
 
-/// A new `bytes` (or the refilled spare) holding `data`, and the capacity to remember for
-/// `recycle`.
-pub fn bytes_for<'py>(py: Python<'py>, data: &[u8]) -> (Bound<'py, PyBytes>, usize) {
+/// The `bytes` of one read, and the capacity to remember for `recycle`.
+pub struct ReadBytes<'py> {
+    pub bytes: Bound<'py, PyBytes>,
+    capacity: usize,
+}
+
+/// Runs `read` (one recv) on a buffer and returns what it gave, the buffer's length (a
+/// read that fills it may have left more) and the data as `bytes`: the thread's spare if
+/// the data fills more than half of it, else a copy out of the thread's read buffer.
+pub fn receive<'py>(
+    py: Python<'py>,
+    read: impl FnOnce(&mut [u8]) -> Received,
+) -> (Received, usize, Option<ReadBytes<'py>>) {
+    #[cfg(not(Py_GIL_DISABLED))]
+    if let Some(spare) = take_spare(|capacity| capacity >= MIN_DIRECT) {
+        // SAFETY: a spare has a reference count of one, ours (see `recycle`), so no one
+        // else sees its storage change; that storage holds `capacity` bytes and the NUL.
+        let target = unsafe { std::slice::from_raw_parts_mut(storage(&spare), spare.capacity) };
+        return match read(target) {
+            Received::Data(n) if n > spare.capacity / 2 => {
+                // SAFETY: as above; `n <= capacity`.
+                let bytes = unsafe { seal(spare.bytes.into_bound(py), n) };
+                let data = ReadBytes {
+                    bytes,
+                    capacity: spare.capacity,
+                };
+                (Received::Data(n), spare.capacity, Some(data))
+            }
+            Received::Data(n) => {
+                let data = fresh(py, &target[..n]);
+                let capacity = spare.capacity;
+                put_back(spare);
+                (Received::Data(n), capacity, Some(data))
+            }
+            other => {
+                let capacity = spare.capacity;
+                put_back(spare);
+                (other, capacity, None)
+            }
+        };
+    }
+    READ_BUFFER.with_borrow_mut(|buf| match read(buf) {
+        Received::Data(n) => (Received::Data(n), READ_CHUNK, Some(copied(py, &buf[..n]))),
+        other => (other, READ_CHUNK, None),
+    })
+}
+
+/// `data` as `bytes`: the spare refilled if `data` fits it by more than half, else new.
+fn copied<'py>(py: Python<'py>, data: &[u8]) -> ReadBytes<'py> {
     #[cfg(not(Py_GIL_DISABLED))]
     {
         let n = data.len();
-        let spare = SPARE.with_borrow_mut(|slot| match slot {
-            Some(spare) if n <= spare.capacity && n > spare.capacity / 2 => slot.take(),
-            _ => None,
-        });
-        if let Some(spare) = spare {
-            let bytes = spare.bytes.into_bound(py);
-            // SAFETY: `recycle` stored it with a reference count of one, ours (moved into
-            // `bytes`); so no one else can see the object while it is rewritten. It is an
-            // exact `bytes` allocated for `capacity >= n` bytes plus the trailing NUL.
-            unsafe {
-                let object = bytes.as_ptr().cast::<pyo3::ffi::PyBytesObject>();
-                let start = std::ptr::addr_of_mut!((*object).ob_sval).cast::<u8>();
-                std::ptr::copy_nonoverlapping(data.as_ptr(), start, n);
-                *start.add(n) = 0;
-                (*object).ob_base.ob_size = n as pyo3::ffi::Py_ssize_t;
-                #[allow(deprecated)] // still present and still read by bytes_hash
-                {
-                    (*object).ob_shash = -1;
-                }
-            }
-            return (bytes, spare.capacity);
+        if let Some(spare) = take_spare(|capacity| n <= capacity && n > capacity / 2) {
+            // SAFETY: the spare is ours alone (see `recycle`) and holds `capacity >= n`
+            // bytes; `data` is not its storage (that is only lent out by `receive`, which
+            // has taken the spare out of its slot).
+            let bytes = unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), storage(&spare), n);
+                seal(spare.bytes.into_bound(py), n)
+            };
+            return ReadBytes {
+                bytes,
+                capacity: spare.capacity,
+            };
         }
     }
-    (PyBytes::new(py, data), data.len())
+    fresh(py, data)
 }
 
-/// Keeps `bytes` (from `bytes_for`, of that `capacity`) as the spare if nothing else holds it.
-pub fn recycle(bytes: Bound<'_, PyBytes>, capacity: usize) {
+fn fresh<'py>(py: Python<'py>, data: &[u8]) -> ReadBytes<'py> {
+    ReadBytes {
+        bytes: PyBytes::new(py, data),
+        capacity: data.len(),
+    }
+}
+
+/// Keeps a read's `bytes` as the spare if nothing else holds it any more.
+pub fn recycle(read: ReadBytes<'_>) {
     #[cfg(not(Py_GIL_DISABLED))]
     {
         // SAFETY: attached (we hold a Bound); reading a reference count has no precondition.
-        let unshared = unsafe { pyo3::ffi::Py_REFCNT(bytes.as_ptr()) } == 1;
-        if unshared && capacity >= MIN_RECYCLED {
-            let spare = Spare {
-                bytes: bytes.unbind(),
-                capacity,
-            };
-            // The one it replaces (if any) is dropped here: a plain decref, we are attached.
-            drop(SPARE.with_borrow_mut(|slot| slot.replace(spare)));
+        let unshared = unsafe { pyo3::ffi::Py_REFCNT(read.bytes.as_ptr()) } == 1;
+        if unshared && read.capacity >= MIN_RECYCLED {
+            put_back(Spare {
+                bytes: read.bytes.unbind(),
+                capacity: read.capacity,
+            });
         }
     }
     #[cfg(Py_GIL_DISABLED)]
-    drop((bytes, capacity));
+    drop(read);
+}
+
+#[cfg(not(Py_GIL_DISABLED))]
+fn take_spare(fits: impl FnOnce(usize) -> bool) -> Option<Spare> {
+    SPARE.with_borrow_mut(|slot| match slot {
+        Some(spare) if fits(spare.capacity) => slot.take(),
+        _ => None,
+    })
+}
+
+#[cfg(not(Py_GIL_DISABLED))]
+fn put_back(spare: Spare) {
+    // The spare it replaces (if any) is dropped here: a plain decref, we are attached.
+    drop(SPARE.with_borrow_mut(|slot| slot.replace(spare)));
+}
+
+/// Where a spare's bytes are stored.
+///
+/// # Safety
+/// `spare.bytes` is an exact `bytes` object (as every spare is).
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn storage(spare: &Spare) -> *mut u8 {
+    let object = spare.bytes.as_ptr().cast::<pyo3::ffi::PyBytesObject>();
+    std::ptr::addr_of_mut!((*object).ob_sval).cast::<u8>()
+}
+
+/// Makes a refilled spare a valid `bytes` of its first `n` bytes: length, trailing NUL,
+/// no cached hash.
+///
+/// # Safety
+/// `bytes` is a spare (exact, ours alone) of capacity `>= n`.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn seal(bytes: Bound<'_, PyBytes>, n: usize) -> Bound<'_, PyBytes> {
+    let object = bytes.as_ptr().cast::<pyo3::ffi::PyBytesObject>();
+    *std::ptr::addr_of_mut!((*object).ob_sval)
+        .cast::<u8>()
+        .add(n) = 0;
+    (*object).ob_base.ob_size = n as pyo3::ffi::Py_ssize_t;
+    #[allow(deprecated)] // still present, and still read by bytes_hash
+    {
+        (*object).ob_shash = -1;
+    }
+    bytes
 }

@@ -30,10 +30,8 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::transport::flow::{consume, is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
-use crate::transport::io::{
-    recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
-};
-use crate::transport::recycle::{bytes_for, recycle};
+use crate::transport::io::{recv_into, send_chunks, with_bytes, Received, Syscalls};
+use crate::transport::recycle::{receive, recycle};
 use crate::transport::IoTransport;
 
 /// After this many writes to a lost connection, each further one logs a warning.
@@ -216,17 +214,13 @@ impl StreamCore {
     fn read_into_bytes(slf: &Bound<'_, Self>, data_received: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let (received, data) =
-            READ_BUFFER.with_borrow_mut(|buf| match recv_into(Syscalls::Socket, fd, buf) {
-                Received::Data(n) => (Received::Data(n), Some(bytes_for(py, &buf[..n]))),
-                other => (other, None),
-            });
+        let (received, capacity, data) = receive(py, |buf| recv_into(Syscalls::Socket, fd, buf));
         match received {
             Received::Data(n) => {
-                Self::read_again_if_more(slf, n, READ_CHUNK)?;
-                if let Some((data, capacity)) = data {
-                    let outcome = data_received.call1(py, (&data,));
-                    recycle(data, capacity);
+                Self::read_again_if_more(slf, n, capacity)?;
+                if let Some(data) = data {
+                    let outcome = data_received.call1(py, (&data.bytes,));
+                    recycle(data);
                     if let Err(err) = outcome {
                         return Self::protocol_failed(
                             slf,
