@@ -195,6 +195,31 @@ def test_set_protocol_redirects_later_data(loop):
     run(loop, main())
 
 
+def test_queued_writes_send_what_was_written_even_if_the_buffer_changes_afterwards(loop):
+    # Far more than the socket takes at once: the later writes and the rest of the first
+    # are queued (ferroloop keeps a bytes object by reference, copies anything mutable).
+    first = payload(4 * 1024 * 1024)
+    mutable = bytearray(payload(1024 * 1024 + 7)[7:])
+    view_source = bytearray(payload(300_000))
+    tail = payload(5000)[13:]
+    expected = first + bytes(mutable) + bytes(view_source[1000:]) + tail
+
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        transport.write(first)
+        assert transport.get_write_buffer_size() > 0  # the rest of `first` is queued
+        transport.write(mutable)
+        mutable[:] = b"\0" * len(mutable)  # the transport must have taken its own copy
+        transport.write(memoryview(view_source)[1000:])
+        view_source[:] = b"\xff" * len(view_source)
+        transport.write(tail)
+        received = await peer.received(len(expected))
+        await shutdown(server, (transport, protocol))
+        return received
+
+    assert_bytes(run(loop, main()), expected)
+
+
 def test_received_bytes_stay_what_they_were_whatever_the_protocol_keeps(loop):
     # Sizes above pymalloc's 512 bytes, growing and shrinking: ferroloop refills a bytes
     # object the protocol let go of, never one it kept (the list, the memoryview); from

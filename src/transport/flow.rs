@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 /// The stdlib's default high-water mark; the low one is a quarter of it.
 pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
@@ -23,10 +24,35 @@ pub fn water_marks(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usiz
     Ok((high as usize, low as usize))
 }
 
+/// A chunk of a write queue: a copy, or the `bytes` object written itself (immutable, so
+/// holding a reference is as good as a copy, and much cheaper for large writes).
+pub enum Chunk {
+    Copied(Vec<u8>),
+    Bytes(Py<PyBytes>),
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Chunk::Copied(data) => data,
+            // SAFETY: a bytes object's buffer never changes or moves while it is alive, and
+            // the chunk's reference keeps it alive for the borrow; no interpreter state is
+            // touched, so this needs no attachment.
+            Chunk::Bytes(bytes) => unsafe {
+                let object = bytes.as_ptr();
+                std::slice::from_raw_parts(
+                    pyo3::ffi::PyBytes_AS_STRING(object).cast::<u8>(),
+                    pyo3::ffi::Py_SIZE(object) as usize,
+                )
+            },
+        }
+    }
+}
+
 /// Drops `n` sent bytes from the front of `queue`, whose front chunk is already sent up
 /// to `front_sent`; `queued` counts the unsent bytes.
-pub fn consume(
-    queue: &mut VecDeque<Vec<u8>>,
+pub fn consume<T: AsRef<[u8]>>(
+    queue: &mut VecDeque<T>,
     front_sent: &mut usize,
     queued: &mut usize,
     mut n: usize,
@@ -36,7 +62,7 @@ pub fn consume(
         let Some(front) = queue.front() else {
             break;
         };
-        let left = front.len() - *front_sent;
+        let left = front.as_ref().len() - *front_sent;
         if n >= left {
             n -= left;
             *front_sent = 0;

@@ -10,8 +10,8 @@
 //! iteration, since an edge-triggered poller reports no new edge for data already there.
 //!
 //! Writes never block and never lose bytes: with nothing queued, `write` sends at once;
-//! what the socket does not take is copied into the queue and flushed with one `sendmsg`
-//! per writable edge. `pause_writing`/`resume_writing` fire at the high/low water marks.
+//! what the socket does not take is queued (a `bytes` object by reference, anything else
+//! as a copy) and flushed with one `sendmsg` per writable edge. `pause_writing`/`resume_writing` fire at the high/low water marks.
 //!
 //! # Implementation notes
 //! The fd is registered once, edge-triggered, for both directions; pausing reading only
@@ -25,11 +25,14 @@ use std::os::fd::RawFd;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
-use crate::transport::flow::{consume, is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
+use crate::transport::flow::{
+    consume, is_exit, tell_protocol, water_marks, Chunk, DEFAULT_HIGH_WATER,
+};
 use crate::transport::io::{recv_into, send_chunks, with_bytes, Received, Syscalls};
 use crate::transport::recycle::{receive, recycle};
 use crate::transport::IoTransport;
@@ -60,7 +63,7 @@ struct StreamState {
     transport: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
     protocol: Option<ProtocolCalls>,
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Chunk>,
     /// Bytes of the front chunk already sent.
     front_sent: usize,
     queued: usize,
@@ -413,7 +416,7 @@ impl StreamCore {
             let sent = send_chunks(
                 Syscalls::Socket,
                 this.fd,
-                state.queue.iter().map(Vec::as_slice),
+                state.queue.iter().map(Chunk::as_ref),
                 state.front_sent,
             );
             if let Ok(n) = sent {
@@ -539,6 +542,9 @@ impl StreamCore {
     pub(crate) fn write_data(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // What the socket does not take of a bytes object is queued by reference; other
+        // bytes-like objects may change after the call, so the rest of them is copied.
+        let immutable = data.cast::<PyBytes>().ok();
         let outcome = with_bytes(data, |bytes| {
             let mut state = this.state();
             if state.eof_requested {
@@ -560,7 +566,18 @@ impl StreamCore {
                 }
             }
             if sent < bytes.len() {
-                state.queue.push_back(bytes[sent..].to_vec());
+                match &immutable {
+                    // Queued whole; if it is the front now, `sent` of it has gone out.
+                    Some(object) => {
+                        if state.queue.is_empty() {
+                            state.front_sent = sent;
+                        }
+                        state
+                            .queue
+                            .push_back(Chunk::Bytes(object.as_unbound().clone_ref(py)));
+                    }
+                    None => state.queue.push_back(Chunk::Copied(bytes[sent..].to_vec())),
+                }
                 state.queued += bytes.len() - sent;
             }
             Written::Sent
