@@ -222,10 +222,10 @@ def test_queued_writes_send_what_was_written_even_if_the_buffer_changes_afterwar
 
 def test_received_bytes_stay_what_they_were_whatever_the_protocol_keeps(loop):
     # Sizes above pymalloc's 512 bytes, growing and shrinking: ferroloop refills a bytes
-    # object the protocol let go of, never one it kept (the list, the memoryview); from
-    # 64 KiB on it receives into such an object directly.
+    # object the protocol let go of, never one it kept (the list, the memoryview); after
+    # a read of 256 KiB (its read buffer's size) it receives into such an object directly.
     sizes = [4000, 3000, 2500, 4000, 600, 1000, 700, 513, 2048, 60000, 40000, 30000, 1200]
-    sizes = (sizes + [200_000, 100_000, 150_000, 30000, 90000, 5000, 120_000]) * 4
+    sizes = (sizes + [1_000_000, 200_000, 150_000, 30000, 90000, 5000, 800_000]) * 4
     chunks = [payload(size + i)[i:] for i, size in enumerate(sizes)]
 
     class Keeper(asyncio.Protocol):

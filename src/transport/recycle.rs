@@ -6,8 +6,10 @@
 //! and drop it (a parser, `StreamReader` copying into its buffer, an echo's `write` that
 //! the socket took), so when `data_received` returns, the read's own reference is often
 //! the only one left. Such an object is kept as the thread's spare and refilled by the
-//! next read that fits it. A large spare (from 64 KiB) is received into directly, so bulk
-//! reads cost one copy (the kernel's) instead of two.
+//! next read that fits it. A spare as large as the read buffer (from a read that filled
+//! it: bulk data) is received into directly, so bulk reads cost one copy (the kernel's)
+//! instead of two. Smaller spares are not: a read filling one would look like a read that
+//! left more data behind.
 //!
 //! # Why refilling is sound
 //! A `bytes` object is immutable to everyone who can see it. With a reference count of one
@@ -32,9 +34,6 @@ use crate::transport::io::{Received, READ_BUFFER, READ_CHUNK};
 /// Smaller objects come from pymalloc, which is already cheap.
 #[cfg(not(Py_GIL_DISABLED))]
 const MIN_RECYCLED: usize = 513;
-/// A spare this large is the read buffer itself.
-#[cfg(not(Py_GIL_DISABLED))]
-const MIN_DIRECT: usize = 64 * 1024;
 
 #[cfg(not(Py_GIL_DISABLED))]
 struct Spare {
@@ -62,7 +61,7 @@ pub fn receive<'py>(
     read: impl FnOnce(&mut [u8]) -> Received,
 ) -> (Received, usize, Option<ReadBytes<'py>>) {
     #[cfg(not(Py_GIL_DISABLED))]
-    if let Some(spare) = take_spare(|capacity| capacity >= MIN_DIRECT) {
+    if let Some(spare) = take_spare(|capacity| capacity >= READ_CHUNK) {
         // SAFETY: a spare has a reference count of one, ours (see `recycle`), so no one
         // else sees its storage change; that storage holds `capacity` bytes and the NUL.
         let target = unsafe { std::slice::from_raw_parts_mut(storage(&spare), spare.capacity) };
