@@ -222,10 +222,10 @@ def test_queued_writes_send_what_was_written_even_if_the_buffer_changes_afterwar
 
 def test_received_bytes_stay_what_they_were_whatever_the_protocol_keeps(loop):
     # Sizes above pymalloc's 512 bytes, growing and shrinking: ferroloop refills a bytes
-    # object the protocol let go of, never one it kept (the list, the memoryview); after
-    # a read of 256 KiB (its read buffer's size) it receives into such an object directly.
+    # object the protocol let go of, never one it kept (the list, the memoryview); from
+    # 64 KiB on it receives into such an object directly, spilling over into a buffer.
     sizes = [4000, 3000, 2500, 4000, 600, 1000, 700, 513, 2048, 60000, 40000, 30000, 1200]
-    sizes = (sizes + [1_000_000, 200_000, 150_000, 30000, 90000, 5000, 800_000]) * 4
+    sizes = (sizes + [100_000, 90000, 70000, 200_000, 150_000, 30000, 90000, 5000, 250_000]) * 4
     chunks = [payload(size + i)[i:] for i, size in enumerate(sizes)]
 
     class Keeper(asyncio.Protocol):
@@ -249,13 +249,18 @@ def test_received_bytes_stay_what_they_were_whatever_the_protocol_keeps(loop):
 
     async def main():
         client, server = raw_tcp_pair()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         client.setblocking(False)
         transport, protocol = await loop.create_connection(Keeper, sock=client)
         expected_total = 0
         for chunk in chunks:
             expected_total += len(chunk)
             protocol.waiter = (expected_total, loop.create_future())
-            server.sendall(chunk)  # one chunk at a time: each is (almost always) one read
+            # Each chunk whole in the receive buffer before reading resumes: one read each
+            # (a loopback send has queued its data at the receiver when it returns).
+            transport.pause_reading()
+            server.sendall(chunk)
+            transport.resume_reading()
             await asyncio.wait_for(protocol.waiter[1], TIMEOUT)
         transport.close()
         server.close()

@@ -59,6 +59,36 @@ pub fn recv_into(kind: Syscalls, fd: RawFd, buf: &mut [u8]) -> Received {
     }
 }
 
+/// Reads once into `first`, then on into `second` (one `readv`), retrying on EINTR.
+pub fn read_into_two(fd: RawFd, first: &mut [u8], second: &mut [u8]) -> Received {
+    let iov = [
+        libc::iovec {
+            iov_base: first.as_mut_ptr().cast(),
+            iov_len: first.len(),
+        },
+        libc::iovec {
+            iov_base: second.as_mut_ptr().cast(),
+            iov_len: second.len(),
+        },
+    ];
+    loop {
+        // SAFETY: both iovecs describe valid writable regions that outlive the call.
+        let n = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
+        if n > 0 {
+            return Received::Data(n as usize);
+        }
+        if n == 0 {
+            return Received::Eof;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Received::WouldBlock,
+            _ => return Received::Failed(err),
+        }
+    }
+}
+
 /// Writes what it can of `chunks` (the first one from `skip`) in one vectored write.
 pub fn send_chunks<'a>(
     kind: Syscalls,

@@ -6,10 +6,8 @@
 //! and drop it (a parser, `StreamReader` copying into its buffer, an echo's `write` that
 //! the socket took), so when `data_received` returns, the read's own reference is often
 //! the only one left. Such an object is kept as the thread's spare and refilled by the
-//! next read that fits it. A spare as large as the read buffer (from a read that filled
-//! it: bulk data) is received into directly, so bulk reads cost one copy (the kernel's)
-//! instead of two. Smaller spares are not: a read filling one would look like a read that
-//! left more data behind.
+//! next read that fits it. A spare of 64 KiB or more is received into directly (see
+//! `receive`), so large reads cost one copy (the kernel's) instead of two.
 //!
 //! # Why refilling is sound
 //! A `bytes` object is immutable to everyone who can see it. With a reference count of one
@@ -26,14 +24,20 @@
 #[cfg(not(Py_GIL_DISABLED))]
 use std::cell::RefCell;
 
+use std::os::fd::RawFd;
+
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::transport::io::{Received, READ_BUFFER, READ_CHUNK};
+use crate::transport::io::{read_into_two, recv_into, Received, Syscalls, READ_BUFFER, READ_CHUNK};
 
 /// Smaller objects come from pymalloc, which is already cheap.
 #[cfg(not(Py_GIL_DISABLED))]
 const MIN_RECYCLED: usize = 513;
+/// A spare this large is received into (for smaller ones `readv`'s second buffer costs more
+/// than the copy it saves).
+#[cfg(not(Py_GIL_DISABLED))]
+const MIN_DIRECT: usize = 64 * 1024;
 
 #[cfg(not(Py_GIL_DISABLED))]
 struct Spare {
@@ -53,45 +57,58 @@ pub struct ReadBytes<'py> {
     capacity: usize,
 }
 
-/// Runs `read` (one recv) on a buffer and returns what it gave, the buffer's length (a
-/// read that fills it may have left more) and the data as `bytes`: the thread's spare if
-/// the data fills more than half of it, else a copy out of the thread's read buffer.
-pub fn receive<'py>(
-    py: Python<'py>,
-    read: impl FnOnce(&mut [u8]) -> Received,
-) -> (Received, usize, Option<ReadBytes<'py>>) {
+/// Receives once from the socket `fd` (up to `READ_CHUNK` bytes, as from the thread's read
+/// buffer) and returns what it gave, with the data as `bytes`.
+///
+/// With a spare of 64 KiB or more, the read goes into the spare's storage first and on
+/// into the read buffer (one `readv`): data that fills the spare by more than half is
+/// handed over in it without a copy; less, or more than it holds, is copied into a new
+/// `bytes`. Otherwise the read goes into the read buffer and is copied out (into the
+/// spare, if it fits it by more than half).
+pub fn receive(py: Python<'_>, fd: RawFd) -> PyResult<(Received, Option<ReadBytes<'_>>)> {
     #[cfg(not(Py_GIL_DISABLED))]
-    if let Some(spare) = take_spare(|capacity| capacity >= READ_CHUNK) {
+    if let Some(spare) = take_spare(|capacity| capacity >= MIN_DIRECT) {
+        let capacity = spare.capacity;
         // SAFETY: a spare has a reference count of one, ours (see `recycle`), so no one
         // else sees its storage change; that storage holds `capacity` bytes and the NUL.
-        let target = unsafe { std::slice::from_raw_parts_mut(storage(&spare), spare.capacity) };
-        return match read(target) {
-            Received::Data(n) if n > spare.capacity / 2 => {
-                // SAFETY: as above; `n <= capacity`.
-                let bytes = unsafe { seal(spare.bytes.into_bound(py), n) };
-                let data = ReadBytes {
-                    bytes,
-                    capacity: spare.capacity,
-                };
-                (Received::Data(n), spare.capacity, Some(data))
-            }
-            Received::Data(n) => {
-                let data = fresh(py, &target[..n]);
-                let capacity = spare.capacity;
-                put_back(spare);
-                (Received::Data(n), capacity, Some(data))
-            }
-            other => {
-                let capacity = spare.capacity;
-                put_back(spare);
-                (other, capacity, None)
-            }
-        };
+        let first = unsafe { std::slice::from_raw_parts_mut(storage(&spare), capacity) };
+        return READ_BUFFER.with_borrow_mut(|buf| {
+            let second = &mut buf[..READ_CHUNK - capacity];
+            let received = if second.is_empty() {
+                recv_into(Syscalls::Socket, fd, first)
+            } else {
+                read_into_two(fd, first, second)
+            };
+            let data = match received {
+                Received::Data(n) if n <= capacity && n > capacity / 2 => {
+                    // SAFETY: as above; `n <= capacity`.
+                    let bytes = unsafe { seal(spare.bytes.into_bound(py), n) };
+                    return Ok((Received::Data(n), Some(ReadBytes { bytes, capacity })));
+                }
+                Received::Data(n) if n <= capacity => Some(fresh(py, &first[..n])),
+                Received::Data(n) => {
+                    let bytes = PyBytes::new_with(py, n, |out| {
+                        out[..capacity].copy_from_slice(first);
+                        out[capacity..].copy_from_slice(&second[..n - capacity]);
+                        Ok(())
+                    });
+                    Some(ReadBytes {
+                        bytes: bytes?,
+                        capacity: n,
+                    })
+                }
+                _ => None,
+            };
+            put_back(spare);
+            Ok((received, data))
+        });
     }
-    READ_BUFFER.with_borrow_mut(|buf| match read(buf) {
-        Received::Data(n) => (Received::Data(n), READ_CHUNK, Some(copied(py, &buf[..n]))),
-        other => (other, READ_CHUNK, None),
-    })
+    Ok(
+        READ_BUFFER.with_borrow_mut(|buf| match recv_into(Syscalls::Socket, fd, buf) {
+            Received::Data(n) => (Received::Data(n), Some(copied(py, &buf[..n]))),
+            other => (other, None),
+        }),
+    )
 }
 
 /// `data` as `bytes`: the spare refilled if `data` fits it by more than half, else new.

@@ -33,7 +33,7 @@ use crate::event_loop::LoopCore;
 use crate::transport::flow::{
     consume, is_exit, tell_protocol, water_marks, Chunk, DEFAULT_HIGH_WATER,
 };
-use crate::transport::io::{recv_into, send_chunks, with_bytes, Received, Syscalls};
+use crate::transport::io::{recv_into, send_chunks, with_bytes, Received, Syscalls, READ_CHUNK};
 use crate::transport::recycle::{receive, recycle};
 use crate::transport::IoTransport;
 
@@ -217,10 +217,10 @@ impl StreamCore {
     fn read_into_bytes(slf: &Bound<'_, Self>, data_received: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let (received, capacity, data) = receive(py, |buf| recv_into(Syscalls::Socket, fd, buf));
+        let (received, data) = receive(py, fd)?;
         match received {
             Received::Data(n) => {
-                Self::read_again_if_more(slf, n, capacity)?;
+                Self::read_again_if_more(slf, n, READ_CHUNK)?;
                 if let Some(data) = data {
                     let outcome = data_received.call1(py, (&data.bytes,));
                     recycle(data);
