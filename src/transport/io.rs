@@ -36,27 +36,13 @@ pub enum Received {
 
 /// Reads once into `buf`, retrying on EINTR.
 pub fn recv_into(kind: Syscalls, fd: RawFd, buf: &mut [u8]) -> Received {
-    loop {
-        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the call.
-        let n = unsafe {
-            match kind {
-                Syscalls::Socket => libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
-                Syscalls::File => libc::read(fd, buf.as_mut_ptr().cast(), buf.len()),
-            }
-        };
-        if n > 0 {
-            return Received::Data(n as usize);
+    // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the call.
+    retrying(|| unsafe {
+        match kind {
+            Syscalls::Socket => libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
+            Syscalls::File => libc::read(fd, buf.as_mut_ptr().cast(), buf.len()),
         }
-        if n == 0 {
-            return Received::Eof;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Received::WouldBlock,
-            _ => return Received::Failed(err),
-        }
-    }
+    })
 }
 
 /// Reads once into `first`, then on into `second` (one `readv`), retrying on EINTR.
@@ -71,9 +57,15 @@ pub fn read_into_two(fd: RawFd, first: &mut [u8], second: &mut [u8]) -> Received
             iov_len: second.len(),
         },
     ];
+    // SAFETY: both iovecs describe valid writable regions that outlive the call.
+    retrying(|| unsafe { libc::readv(fd, iov.as_ptr(), 2) })
+}
+
+/// What a read syscall (`read` returning a count or -1 with errno) gave, made again while
+/// it is interrupted.
+fn retrying(mut read: impl FnMut() -> isize) -> Received {
     loop {
-        // SAFETY: both iovecs describe valid writable regions that outlive the call.
-        let n = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
+        let n = read();
         if n > 0 {
             return Received::Data(n as usize);
         }
