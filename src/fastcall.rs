@@ -148,13 +148,26 @@ unsafe fn entry<const FIXED: usize>(
         SchedulingArgs<'py, FIXED>,
     ) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
-    let py = Python::assume_attached();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    guarded("Loop", method, |py| {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
         let parsed = parse(py, method, names, args, nargsf, kwnames)?;
         body(&slf, parsed)
-    }));
-    finish(py, "Loop", method, outcome)
+    })
+}
+
+/// Runs `body` as a method's implementation with the interpreter attached, and hands
+/// its outcome to CPython (see `finish`).
+///
+/// # Safety
+/// Called from CPython's method call, which holds the interpreter attached.
+unsafe fn guarded(
+    class: &str,
+    method: &str,
+    body: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>,
+) -> *mut ffi::PyObject {
+    let py = Python::assume_attached();
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(py)));
+    finish(py, class, method, outcome)
 }
 
 /// Hands a method's outcome to CPython: a new reference, or NULL with the error (a panic
@@ -211,12 +224,10 @@ unsafe extern "C" fn create_future(
     slf: *mut ffi::PyObject,
     _unused: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    let py = Python::assume_attached();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    guarded("Loop", "create_future", |py| {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
         LoopCore::new_future(&slf)
-    }));
-    finish(py, "Loop", "create_future", outcome)
+    })
 }
 
 /// `create_task(coro, *, name=None, context=None)`.
@@ -226,8 +237,7 @@ unsafe extern "C" fn create_task(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    let py = Python::assume_attached();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    guarded("Loop", "create_task", |py| {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
         let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
         if nargs > 1 {
@@ -263,8 +273,7 @@ unsafe extern "C" fn create_task(
         }
         let coro = coro.ok_or_else(|| missing_error("create_task", &["coro"]))?;
         LoopCore::new_task(&slf, &coro, name.as_ref(), context.as_ref())
-    }));
-    finish(py, "Loop", "create_task", outcome)
+    })
 }
 
 /// `write(data)` of a stream transport (`SocketTransport.write`, bound from its core).
@@ -274,8 +283,7 @@ unsafe extern "C" fn stream_write(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    let py = Python::assume_attached();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    guarded("SocketTransport", "write", |py| {
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<StreamCore>()?;
         let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
         let data = if nargs == 1 && kwnames.is_null() {
@@ -284,8 +292,7 @@ unsafe extern "C" fn stream_write(
             only_argument(py, "SocketTransport.write", "data", args, nargs, kwnames)?
         };
         StreamCore::write_data(&slf, &data).map(|()| py.None().into_bound(py))
-    }));
-    finish(py, "SocketTransport", "write", outcome)
+    })
 }
 
 /// The one argument of `method(name)`, passed by position or keyword; otherwise the
