@@ -80,12 +80,18 @@ def native_worker(bench: Benchmark, work: int) -> int:
     try:
         emit_measurement(bench.native(work), work)
         return 0
-    except Missing as exc:
+    except Exception as exc:
+        return emit_failure(exc)
+
+
+def emit_failure(exc: Exception) -> int:
+    """Report a run that raised: a missing tool is a result ("missing"), anything else an
+    error (exit status 1)."""
+    if isinstance(exc, Missing):
         emit({"missing": str(exc)})
         return 0
-    except Exception as exc:
-        emit({"error": f"{type(exc).__name__}: {exc}"})
-        return 1
+    emit({"error": f"{type(exc).__name__}: {exc}"})
+    return 1
 
 
 def worker(spec_text: str, bench_name: str | None, work: int | None) -> int:
@@ -120,12 +126,8 @@ def worker(spec_text: str, bench_name: str | None, work: int | None) -> int:
     except NotImplementedError as exc:
         emit({"unsupported": f"NotImplementedError: {exc}".rstrip(": ")})
         return 0
-    except Missing as exc:
-        emit({"missing": str(exc)})
-        return 0
     except Exception as exc:
-        emit({"error": f"{type(exc).__name__}: {exc}"})
-        return 1
+        return emit_failure(exc)
     finally:
         asyncio.set_event_loop(None)
         if not loop.is_running():
