@@ -8,6 +8,7 @@ import sys
 import pytest
 from net_support import (
     TIMEOUT,
+    Capturing,
     Echo,
     Recorder,
     assert_bytes,
@@ -152,6 +153,52 @@ def test_transport_identity_and_extra_info(loop):
         assert transport.get_write_buffer_size() == 0
         await shutdown(server, (transport, protocol))
         assert transport.is_closing() is True
+
+    run(loop, main())
+
+
+class ListenerSocket(socket.socket):
+    """A socket subclass: its accept() is its own business (the loop must call it)."""
+
+    accepted = 0
+
+    def accept(self):
+        ListenerSocket.accepted += 1
+        return super().accept()
+
+
+@pytest.mark.parametrize("listener", ["socket", "subclass"])
+def test_accepted_sockets_take_the_listeners_kind_and_are_non_blocking(loop, listener):
+    async def main():
+        ListenerSocket.accepted = 0
+        kind = ListenerSocket if listener == "subclass" else socket.socket
+        sock = kind(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", 0))
+        capture = Capturing(loop, lambda: Recorder(loop))
+        server = await loop.create_server(capture, sock=sock)
+        # A default timeout must not leak into the sockets transports own.
+        socket.setdefaulttimeout(5.0)
+        try:
+            transport, protocol = await loop.create_connection(
+                lambda: Recorder(loop), *sock.getsockname()
+            )
+            peer = await capture.first()
+            await peer.made
+        finally:
+            socket.setdefaulttimeout(None)
+        accepted = peer.transport.get_extra_info("socket")
+        assert (accepted.family, accepted.type, accepted.proto) == (
+            socket.AF_INET,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,
+        )
+        assert isinstance(accepted.family, socket.AddressFamily)
+        assert accepted.gettimeout() == 0
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert (ListenerSocket.accepted > 0) == (listener == "subclass")
+        transport.write(b"ping")
+        assert await peer.received(4) == b"ping"
+        await shutdown(server, (transport, protocol))
 
     run(loop, main())
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._server import Server
+from ._transport import fast_accept
 
 try:
     import ssl as _ssl
@@ -976,9 +977,10 @@ class ConnectionsMixin:
         """The listening socket is readable: accept what is queued, at most ``backlog``
         connections, so one busy listener cannot hold the loop."""
         debug = self.get_debug()
+        accept = fast_accept(sock)
         for _ in range(backlog):
             try:
-                conn, addr = sock.accept()
+                conn, addr = accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:

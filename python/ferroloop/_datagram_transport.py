@@ -7,6 +7,7 @@ libraries check and the extra info, and binds the core's methods as its own.
 from __future__ import annotations
 
 import socket
+import weakref
 from asyncio import futures, transports, trsock
 from typing import Any
 
@@ -64,7 +65,7 @@ class DatagramTransport(CoreTransport, transports.DatagramTransport, transports.
         for name in _CORE_METHODS:
             setattr(self, name, getattr(core, name))
         core._register()
-        loop._transports[self._sock_fd] = self
+        loop._transports[self._sock_fd] = weakref.ref(self)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(core._start_reading)
         if waiter is not None:

@@ -74,8 +74,10 @@ class Loop(
         self._coroutine_origin_tracking_saved_depth: int | None = None
         self._signal_handlers = {}
         self._saved_wakeup_fd: int | None = None
-        # fd → transport, as on the stdlib loop (sock_* and watchers check it).
-        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        # fd → weak reference to the transport that owns it (sock_* and fd watchers check
+        # it, as on the stdlib loop). A plain dict: an entry costs one C-level store per
+        # connection; a dead entry is overwritten when its fd number is reused.
+        self._transports: dict[int, weakref.ref[Any]] = {}
         self._set_debug_flag(coroutines._is_debug_mode())
 
     def __repr__(self) -> str:
@@ -426,7 +428,8 @@ class Loop(
                 fileno = int(fileno.fileno())
             except (AttributeError, TypeError, ValueError):
                 raise ValueError(f"Invalid file object: {fd!r}") from None
-        transport = self._transports.get(fileno)
+        owner = self._transports.get(fileno)
+        transport = None if owner is None else owner()
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from asyncio import constants, exceptions, protocols
 from typing import Any
 
@@ -56,7 +57,7 @@ class SendfileMixin:
             transport._reset_empty_waiter()
             if resume_reading:
                 transport.resume_reading()
-            self._transports[fd] = transport
+            self._transports[fd] = weakref.ref(transport)
 
     async def _sendfile_fallback(
         self, transport: Any, file: Any, offset: int, count: int | None

@@ -145,9 +145,8 @@ class SockMixin:
     def _sock_fd(self, sock: Any) -> int:
         """``sock``'s fd, refused if a live transport owns it (checked before waiting)."""
         fd = sock.fileno()
-        # _transports is a WeakValueDictionary: look in its plain dict first, so that the
-        # common case (no transport on this fd) costs no Python-level call.
-        if fd in self._transports.data:
+        # The common case (no transport on this fd) costs no Python-level call.
+        if fd in self._transports:
             self._ensure_fd_no_transport(fd)
         return fd
 

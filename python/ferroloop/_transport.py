@@ -8,22 +8,50 @@ The core's methods are bound into each instance on first use (``core_method``), 
 
 from __future__ import annotations
 
+import _socket
 import socket
+import weakref
 from asyncio import constants, futures, transports, trsock
 from typing import Any
 
 from ._core_transport import CoreTransport, core_method
 from ._ferroloop import StreamCore
 
+# The C-level attributes: ``socket.socket.family`` and ``.type`` are properties that build
+# an enum member on every read, which costs more than the rest of a transport's set-up.
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+_TCP_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6))
+
 
 def _set_nodelay(sock: socket.socket) -> None:
     # Small writes go out at once, as on the stdlib loop (which sets it on every TCP socket).
-    if (
-        sock.family in (socket.AF_INET, socket.AF_INET6)
-        and sock.type == socket.SOCK_STREAM
-        and sock.proto == socket.IPPROTO_TCP
-    ):
+    try:
+        family, kind = _raw_family(sock), _raw_type(sock)
+    except TypeError:  # not a _socket.socket: its own attributes answer
+        family, kind = sock.family, sock.type
+    if family in _TCP_FAMILIES and kind == socket.SOCK_STREAM and sock.proto == socket.IPPROTO_TCP:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def fast_accept(sock: socket.socket) -> Any:
+    """``sock.accept`` without its two enum look-ups per connection: the accepted socket
+    gets the listener's family, type and protocol, as ``socket.accept`` gives it."""
+    if type(sock) is not socket.socket:
+        return sock.accept  # a subclass or a stand-in may define its own
+    family, kind, proto = _raw_family(sock), _raw_type(sock), sock.proto
+    accept_fd = sock._accept
+    make = socket.socket
+
+    def accept() -> tuple[socket.socket, Any]:
+        fd, address = accept_fd()
+        conn = make(family, kind, proto, fd)
+        # As socket.accept: a listener with a timeout hands out blocking sockets.
+        if socket.getdefaulttimeout() is None and sock.gettimeout():
+            conn.setblocking(True)
+        return conn, address
+
+    return accept
 
 
 class SocketTransport(CoreTransport, transports.Transport):
@@ -42,17 +70,20 @@ class SocketTransport(CoreTransport, transports.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        super().__init__(extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
+        # BaseTransport.__init__, inline: this runs once per accepted connection.
+        if extra is None:
+            extra = {}
+        self._extra = extra
+        extra["socket"] = trsock.TransportSocket(sock)
         try:
-            self._extra["sockname"] = sock.getsockname()
+            extra["sockname"] = sock.getsockname()
         except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
+            extra["sockname"] = None
+        if "peername" not in extra:
             try:
-                self._extra["peername"] = sock.getpeername()
+                extra["peername"] = sock.getpeername()
             except OSError:
-                self._extra["peername"] = None
+                extra["peername"] = None
         _set_nodelay(sock)
         self._loop = loop
         self._sock = self._file = sock
@@ -63,7 +94,7 @@ class SocketTransport(CoreTransport, transports.Transport):
         core._register()
         if server is not None:
             server._attach(self)
-        loop._transports[self._sock_fd] = self
+        loop._transports[self._sock_fd] = weakref.ref(self)
         # As on the stdlib loop: connection_made first, reading right after, then the
         # waiter, each a callback of its own.
         loop.call_soon(protocol.connection_made, self)

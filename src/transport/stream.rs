@@ -23,8 +23,9 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -110,8 +111,9 @@ impl StreamCore {
     }
 
     fn protocol_calls(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<ProtocolCalls> {
-        let buffered = py.import("asyncio")?.getattr("BufferedProtocol")?;
-        let receive = if protocol.is_instance(&buffered)? {
+        static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let buffered = BUFFERED_PROTOCOL.import(py, "asyncio", "BufferedProtocol")?;
+        let receive = if protocol.is_instance(buffered)? {
             Receive::Buffered {
                 get_buffer: protocol.getattr("get_buffer")?.unbind(),
                 buffer_updated: protocol.getattr("buffer_updated")?.unbind(),
@@ -441,7 +443,7 @@ impl StreamCore {
             (state.queue.is_empty(), state.closing, state.eof_requested)
         };
         if empty {
-            Self::notify_drained(slf, None)?;
+            Self::notify_drained(slf, |_| None)?;
             if closing {
                 let loop_ = {
                     let mut state = this.state();
@@ -459,7 +461,11 @@ impl StreamCore {
     }
 
     /// Resolves `loop.sendfile`'s wait for an empty queue (with an error if it never will).
-    fn notify_drained(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+    /// Wakes a `_make_empty_waiter` waiter; `exc` is built only if there is one.
+    fn notify_drained(
+        slf: &Bound<'_, Self>,
+        exc: impl FnOnce(Python<'_>) -> Option<Py<PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let transport = {
             let mut state = slf.get().state();
@@ -469,7 +475,7 @@ impl StreamCore {
             state.transport.as_ref().map(|t| t.clone_ref(py))
         };
         if let Some(transport) = transport {
-            transport.call_method1(py, "_write_drained", (exc,))?;
+            transport.call_method1(py, "_write_drained", (exc(py),))?;
         }
         Ok(())
     }
@@ -478,8 +484,7 @@ impl StreamCore {
         let py = slf.py();
         let sock = slf.get().state().sock.as_ref().map(|s| s.clone_ref(py));
         if let Some(sock) = sock {
-            let shut_wr = py.import("socket")?.getattr("SHUT_WR")?;
-            sock.call_method1(py, "shutdown", (shut_wr,))?;
+            sock.call_method1(py, "shutdown", (libc::SHUT_WR,))?;
         }
         Ok(())
     }
@@ -849,11 +854,10 @@ impl StreamCore {
                 .map(drop),
             None => Ok(()),
         };
-        let lost = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
-        let outcome = outcome.and(Self::notify_drained(
-            slf,
-            Some(lost.into_value(py).into_any()),
-        ));
+        let outcome = outcome.and(Self::notify_drained(slf, |py| {
+            let lost = PyConnectionError::new_err("Connection is closed by peer");
+            Some(lost.into_value(py).into_any())
+        }));
         let (registered, loop_, sock, transport, server, protocol, queue) = {
             let mut state = this.state();
             (
