@@ -34,6 +34,8 @@ pub enum Ready {
         /// The peer closed its side (or the socket failed): read on until EOF.
         read_closed: bool,
     },
+    /// A new transport starts reading (the stdlib's callback after `connection_made`).
+    StartReading(IoTransport),
 }
 
 /// The token of the loop's waker (`call_soon_threadsafe`); fds use their number.

@@ -67,7 +67,7 @@ class DatagramTransport(CoreTransport, transports.DatagramTransport, transports.
         core._register()
         loop._transports[self._sock_fd] = weakref.ref(self)
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core._start_reading)
+        core._start_reading_soon()
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 

@@ -97,7 +97,7 @@ class ReadPipeTransport(_PipeTransportBase, transports.ReadTransport):
         self._setup(loop, pipe, protocol, writer=False, watch_peer=False)
         self._core._register()
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._core._start_reading)
+        self._core._start_reading_soon()
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 

@@ -95,10 +95,10 @@ class SocketTransport(CoreTransport, transports.Transport):
         if server is not None:
             server._attach(self)
         loop._transports[self._sock_fd] = weakref.ref(self)
-        # As on the stdlib loop: connection_made first, reading right after, then the
-        # waiter, each a callback of its own.
+        # As on the stdlib loop: connection_made first, reading right after (queued as a
+        # step of the loop's own, not a Python callback), then the waiter.
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core._start_reading)
+        core._start_reading_soon()
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 

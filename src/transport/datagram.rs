@@ -202,6 +202,21 @@ impl DatagramCore {
         }
     }
 
+    /// Starts delivering data (queued right behind `connection_made`).
+    pub(crate) fn start_reading(slf: &Bound<'_, Self>) {
+        let pending = {
+            let mut state = slf.get().state();
+            if state.closing {
+                return;
+            }
+            state.reading_started = true;
+            std::mem::replace(&mut state.read_pending, false)
+        };
+        if pending {
+            Self::queue_read(slf);
+        }
+    }
+
     /// Receives what is waiting (up to a turn's worth) and hands it to the protocol.
     fn receive(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -412,17 +427,11 @@ impl DatagramCore {
         Ok(())
     }
 
-    fn _start_reading(slf: &Bound<'_, Self>) {
-        let pending = {
-            let mut state = slf.get().state();
-            if state.closing {
-                return;
-            }
-            state.reading_started = true;
-            std::mem::replace(&mut state.read_pending, false)
-        };
-        if pending {
-            Self::queue_read(slf);
+    /// Queues the start of reading right behind `connection_made` (no Python callback).
+    fn _start_reading_soon(slf: &Bound<'_, Self>) {
+        if let Some(loop_) = slf.get().loop_of(slf.py()) {
+            let me = IoTransport::Datagram(slf.clone().unbind());
+            loop_.get().queue_start_reading(me);
         }
     }
 

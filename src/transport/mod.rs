@@ -56,4 +56,19 @@ impl IoTransport {
             Self::Pipe(core) => PipeCore::on_ready(core.bind(py), readable, writable, read_closed),
         }
     }
+
+    /// Starts delivering data: what was read before `connection_made` ran, then more.
+    pub fn start_reading(&self, py: Python<'_>) -> PyResult<()> {
+        match self {
+            Self::Stream(core) => StreamCore::start_reading(core.bind(py)),
+            Self::Datagram(core) => {
+                DatagramCore::start_reading(core.bind(py));
+                Ok(())
+            }
+            Self::Pipe(core) => {
+                PipeCore::start_reading(core.bind(py));
+                Ok(())
+            }
+        }
+    }
 }

@@ -264,6 +264,21 @@ impl PipeCore {
         }
     }
 
+    /// Starts delivering data (queued right behind `connection_made`).
+    pub(crate) fn start_reading(slf: &Bound<'_, Self>) {
+        let pending = {
+            let mut state = slf.get().state();
+            if state.closing {
+                return;
+            }
+            state.reading_started = true;
+            !state.paused && std::mem::replace(&mut state.read_pending, false)
+        };
+        if pending {
+            Self::queue_read(slf);
+        }
+    }
+
     /// The reader of a write pipe went away.
     fn peer_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -417,17 +432,11 @@ impl PipeCore {
         Self::update_registration(slf)
     }
 
-    fn _start_reading(slf: &Bound<'_, Self>) {
-        let pending = {
-            let mut state = slf.get().state();
-            if state.closing {
-                return;
-            }
-            state.reading_started = true;
-            !state.paused && std::mem::replace(&mut state.read_pending, false)
-        };
-        if pending {
-            Self::queue_read(slf);
+    /// Queues the start of reading right behind `connection_made` (no Python callback).
+    fn _start_reading_soon(slf: &Bound<'_, Self>) {
+        if let Some(loop_) = slf.get().loop_of(slf.py()) {
+            let me = IoTransport::Pipe(slf.clone().unbind());
+            loop_.get().queue_start_reading(me);
         }
     }
 

@@ -406,6 +406,22 @@ impl StreamCore {
         Ok(())
     }
 
+    /// Starts delivering data (scheduled right after `connection_made`).
+    pub(crate) fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let pending = {
+            let mut state = slf.get().state();
+            if state.closing {
+                return Ok(());
+            }
+            state.reading_started = true;
+            !state.reading_paused && state.read_pending
+        };
+        if pending {
+            Self::queue_read(slf)?;
+        }
+        Ok(())
+    }
+
     /// Sends queued data; finishes a pending close or write_eof once the queue is empty.
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -673,20 +689,12 @@ impl StreamCore {
         Self::ensure_registered(slf)
     }
 
-    /// Starts delivering data (scheduled right after `connection_made`).
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let pending = {
-            let mut state = slf.get().state();
-            if state.closing {
-                return Ok(());
-            }
-            state.reading_started = true;
-            !state.reading_paused && state.read_pending
-        };
-        if pending {
-            Self::queue_read(slf)?;
+    /// Queues the start of reading right behind `connection_made` (no Python callback).
+    fn _start_reading_soon(slf: &Bound<'_, Self>) {
+        if let Some(loop_) = slf.get().loop_of(slf.py()) {
+            let me = IoTransport::Stream(slf.clone().unbind());
+            loop_.get().queue_start_reading(me);
         }
-        Ok(())
     }
 
     /// Write each item of an iterable of bytes-like objects.
