@@ -26,7 +26,9 @@ class core_method:  # noqa: N801 - used like a decorator-less method definition
         if transport is None:
             return self
         bound = getattr(transport._core, self.name)
-        transport.__dict__[self.name] = bound
+        # setattr, not __dict__[...]: touching __dict__ would turn the instance's compact
+        # shared-key attributes into a dict of its own (~300 bytes per transport).
+        setattr(transport, self.name, bound)
         return bound
 
 
