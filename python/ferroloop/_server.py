@@ -74,7 +74,8 @@ class Server(events.AbstractServer):
             self._anonymous -= 1
         else:
             self._clients.discard(transport)
-        if not self._has_clients() and self._sockets is None:
+        # Sockets first: while the server listens (the common case) that settles it.
+        if self._sockets is None and not self._has_clients():
             self._wakeup()
 
     def _has_clients(self) -> bool:

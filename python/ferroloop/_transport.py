@@ -22,16 +22,9 @@ from ._ferroloop import StreamCore
 _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
 _TCP_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6))
-
-
-def _set_nodelay(sock: socket.socket) -> None:
-    # Small writes go out at once, as on the stdlib loop (which sets it on every TCP socket).
-    try:
-        family, kind = _raw_family(sock), _raw_type(sock)
-    except TypeError:  # not a _socket.socket: its own attributes answer
-        family, kind = sock.family, sock.type
-    if family in _TCP_FAMILIES and kind == socket.SOCK_STREAM and sock.proto == socket.IPPROTO_TCP:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+_SOCK_STREAM = socket.SOCK_STREAM
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_TCP_NODELAY = socket.TCP_NODELAY
 
 
 def fast_accept(sock: socket.socket) -> Any:
@@ -84,7 +77,14 @@ class SocketTransport(CoreTransport, transports.Transport):
                 extra["peername"] = sock.getpeername()
             except OSError:
                 extra["peername"] = None
-        _set_nodelay(sock)
+        # Small writes go out at once, as on the stdlib loop (which sets it on every TCP
+        # socket). Inline, and with the C-level attributes: this runs per connection.
+        try:
+            family, kind = _raw_family(sock), _raw_type(sock)
+        except TypeError:  # not a _socket.socket: its own attributes answer
+            family, kind = sock.family, sock.type
+        if family in _TCP_FAMILIES and kind == _SOCK_STREAM and sock.proto == _IPPROTO_TCP:
+            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
         self._loop = loop
         self._sock = self._file = sock
         self._sock_fd = sock.fileno()
