@@ -69,26 +69,29 @@ def peak_rss_mib() -> float:
 class Meter:
     """Counts the server's connections and stops the loop when the client's phases are over.
 
-    The client opens ``conns`` connections for its warm-up, closes them, then opens ``conns``
-    more for the timed phase: the CPU clock runs from the open of connection ``conns + 1`` to
-    the close of the ``2 * conns``-th connection.
+    The client opens ``conns`` connections for its warm-up (``warmup_conns`` if given),
+    closes them, then opens ``conns`` more for the timed phase: the CPU clock runs from the
+    open of the first timed connection to the close of the last.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, conns: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, conns: int, warmup_conns: int | None = None
+    ) -> None:
         self.loop = loop
-        self.conns = conns
+        self.warmup_conns = conns if warmup_conns is None else warmup_conns
+        self.total = self.warmup_conns + conns
         self.opens = self.closes = 0
         self.cpu_start: float | None = None
         self.cpu_end: float | None = None
 
     def opened(self) -> None:
         self.opens += 1
-        if self.opens == self.conns + 1:
+        if self.opens == self.warmup_conns + 1:
             self.cpu_start = cpu_seconds()
 
     def closed(self) -> None:
         self.closes += 1
-        if self.closes == 2 * self.conns:
+        if self.closes == self.total:
             self.cpu_end = cpu_seconds()
             self.loop.stop()
 
@@ -96,9 +99,12 @@ class Meter:
         if self.cpu_start is None or self.cpu_end is None:
             raise RuntimeError(
                 f"the server saw {self.opens} connections open and {self.closes} close, "
-                f"expected {2 * self.conns} of each"
+                f"expected {self.total} of each"
             )
         return self.cpu_end - self.cpu_start
+
+    def done(self) -> bool:
+        return self.cpu_end is not None
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -265,7 +271,7 @@ def echo(
         address, close = loop.run_until_complete(style(loop, meter, unix_path))
         cmd = [str(client), *address, *echo_args(n, size, conns)]
         try:
-            out = serve_client(loop, cmd, lambda: meter.cpu_end is not None)
+            out = serve_client(loop, cmd, meter.done)
         finally:
             loop.run_until_complete(close())
     return Measurement(float(out), {"cpu_us": meter.cpu() / n * 1e6, "rss_mib": peak_rss_mib()})
@@ -401,6 +407,36 @@ for _row in CONCURRENT_ROWS:
     register_concurrent(*_row)
 
 
+# ---------------------------------------------------------------- connection churn
+
+CHURN_BATCH = 100  # connections the client holds open at once
+CHURN_WARMUP = 100  # fixed, so that n and 2n runs differ by exactly n connections
+CHURN_MESSAGE = 64  # bytes echoed once per connection
+CPU_PER_CONNECTION = Metric("cpu_us", "server CPU per connection", "µs")
+
+
+@benchmark(
+    "connections",
+    title=f"TCP connections: accept, {CHURN_MESSAGE} B echo, close ({CHURN_BATCH} at a time)",
+    unit="connections/s",
+    work=1_500,
+    quick_work=800,
+    warmup=False,  # the client's own warm-up phase
+    metrics=(CPU_PER_CONNECTION,),
+)
+def connection_churn(loop: asyncio.AbstractEventLoop, n: int) -> Measurement:
+    """What the 1,000-client rows pay per connection, alone: the server accepts it, builds
+    its transport and protocol, echoes one message and tears it all down."""
+    meter = Meter(loop, n, warmup_conns=CHURN_WARMUP)
+    address, close = loop.run_until_complete(protocol_server(loop, meter, None))
+    churn = [str(CHURN_MESSAGE), str(CHURN_BATCH), str(CHURN_WARMUP), str(n)]
+    try:
+        out = serve_client(loop, [str(client_binary()), "churn", *address, *churn], meter.done)
+    finally:
+        loop.run_until_complete(close())
+    return Measurement(float(out), {"cpu_us": meter.cpu() / n * 1e6})
+
+
 # ---------------------------------------------------------------- bulk transfer
 
 CHUNK = b"x" * (256 * KIB)  # what the sending server writes per call
@@ -480,7 +516,7 @@ def bulk(loop: asyncio.AbstractEventLoop, n: int, protocol: type[asyncio.Protoco
     port = str(server.sockets[0].getsockname()[1])
     cmd = [str(client_binary()), mode, "127.0.0.1", port, *bulk_args(n)]
     try:
-        out = serve_client(loop, cmd, lambda: meter.cpu_end is not None)
+        out = serve_client(loop, cmd, meter.done)
     finally:
         loop.run_until_complete(server_closer(server)())
     return Measurement(float(out), {"cpu_ms": meter.cpu() / (n / GIB) * 1e3})

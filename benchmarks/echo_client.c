@@ -7,6 +7,7 @@
  *     echo_client sink HOST PORT WARMUP_BYTES BYTES
  *     echo_client source HOST PORT WARMUP_BYTES BYTES
  *     echo_client udp HOST PORT SIZE WINDOW WARMUP N
+ *     echo_client churn tcp HOST PORT | churn unix PATH, then SIZE BATCH WARMUP N
  *
  * Echo (tcp, unix): two phases, each on its own CONNS fresh connections: a warm-up of WARMUP
  * round trips, then the timed phase of N round trips. A round trip sends SIZE bytes on a
@@ -30,6 +31,11 @@
  * datagrams go in windows of WINDOW: send them all, then collect their echoes until all came
  * back or WINDOW_TIMEOUT passed; only echoes of the current window count (lost ones are
  * lost). Prints "SECONDS ECHOED" for the timed datagrams.
+ *
+ * Churn: connections, not round trips. WARMUP connections, then the timed N, opened BATCH at
+ * a time: connect all of a batch, send SIZE bytes on each, read each echo back (checked),
+ * close them all, next batch. Prints the seconds the timed connections took (the server sees
+ * them as connections WARMUP+1 .. WARMUP+N).
  *
  * On any error prints "error: ..." to stderr and exits 1. Never waits for longer than TIMEOUT
  * seconds for the server, and ends itself after TOTAL_TIMEOUT seconds in all.
@@ -160,6 +166,55 @@ static double run_single(long rounds, unsigned char *msg, unsigned char *buf) {
     double elapsed = now() - start;
     close(fd);
     return elapsed;
+}
+
+/* ------------------------------------------------------ churn: connect, echo once, close */
+
+static void run_churn_phase(long n, long batch, unsigned char *msg, unsigned char *buf) {
+    int *fds = malloc((size_t)batch * sizeof *fds);
+    if (!fds) die("out of memory");
+    for (long done = 0; done < n; done += batch) {
+        long b = n - done < batch ? n - done : batch;
+        for (long i = 0; i < b; i++) fds[i] = open_connection();
+        for (long i = 0; i < b; i++) {
+            stamp(msg, (uint64_t)(done + i));
+            if (send(fds[i], msg, size, MSG_NOSIGNAL) != (ssize_t)size)
+                die("send: %s", strerror(errno));
+        }
+        for (long i = 0; i < b; i++) {
+            for (size_t got = 0; got < size;) {
+                ssize_t r = recv(fds[i], buf + got, size - got, 0);
+                if (r == 0) die("the server closed a connection");
+                if (r < 0) die("recv: %s", errno == EAGAIN ? "timed out" : strerror(errno));
+                got += (size_t)r;
+            }
+            stamp(msg, (uint64_t)(done + i));
+            check(msg, buf);
+        }
+        for (long i = 0; i < b; i++) close(fds[i]);
+    }
+    free(fds);
+}
+
+static int run_churn(int argc, char **argv) {
+    int next;
+    resolve(argc - 1, argv + 1, &next);
+    next += 1;
+    if (argc != next + 4) die("usage: echo_client churn tcp HOST PORT SIZE BATCH WARMUP N");
+    long s = atol(argv[next]), batch = atol(argv[next + 1]);
+    long warmup = atol(argv[next + 2]), n = atol(argv[next + 3]);
+    if (s < 8 || s > 65000 || batch < 1 || batch > 1000 || warmup < 0 || n < 1)
+        die("bad SIZE/BATCH/WARMUP/N");
+    size = (size_t)s;
+    unsigned char *msg = malloc(size), *buf = malloc(size);
+    if (!msg || !buf) die("out of memory");
+    for (size_t i = 0; i < size; i++) msg[i] = (unsigned char)(i * 131 + 7);
+    if (batch > 100) raise_fd_limit();
+    run_churn_phase(warmup, batch, msg, buf);
+    double start = now();
+    run_churn_phase(n, batch, msg, buf);
+    printf("%.9f\n", now() - start);
+    return 0;
 }
 
 /* --------------------------------------------------- many non-blocking connections, epoll */
@@ -412,6 +467,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && (strcmp(argv[1], "sink") == 0 || strcmp(argv[1], "source") == 0))
         return run_bulk(argc, argv);
     if (argc > 1 && strcmp(argv[1], "udp") == 0) return run_udp(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "churn") == 0) return run_churn(argc, argv);
     int next;
     resolve(argc, argv, &next);
     if (argc != next + 4) die("expected SIZE CONNS WARMUP N after the address");

@@ -1,4 +1,5 @@
-"""Instructions per operation of the loop-internal benchmarks, counted by callgrind.
+"""Instructions per operation of the loop-internal benchmarks (and of one connection's
+life, ``connections``), counted by callgrind.
 
 Wall-clock rates on a shared 2-core machine swing with the load; instruction counts do
 not, so this is the figure to optimise against (cycles still decide the real speed: cache
@@ -34,12 +35,15 @@ DEFAULT_WORK = {
     "sleep0": 10_000,
     "gather": 10_000,
     "future": 10_000,
+    # The server process only (the client is a child callgrind does not follow); the
+    # kernel's share of a connection is not counted.
+    "connections": 500,
 }
 
 CHILD = """
 import sys
 sys.path.insert(0, {here!r})
-import bench_loop
+import bench_loop, bench_net
 from harness import BENCHMARKS, LoopSpec
 loop = LoopSpec.parse({spec!r}).new_loop()
 BENCHMARKS[{bench!r}].body(loop, 1000)  # warm-up: imports, caches, allocator pools
