@@ -582,6 +582,55 @@ def test_connection_made_runs_before_the_connection_is_returned(loop):
     run(loop, main())
 
 
+class StartsOddly(Recorder):
+    """Pauses reading, or raises, in connection_made."""
+
+    def __init__(self, loop, how):
+        super().__init__(loop)
+        self.how = how
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if self.how == "pause":
+            transport.pause_reading()
+        elif self.how == "raise":
+            raise RuntimeError("connection_made failed")
+
+
+@pytest.mark.parametrize("how", ["plain", "pause", "raise"])
+def test_reading_starts_right_after_connection_made(loop, how):
+    """Data already waiting is delivered after connection_made, unless it paused reading;
+    a connection_made that raises is reported and reading starts all the same."""
+
+    async def main():
+        reported = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        ours, theirs = socket.socketpair()
+        theirs.sendall(b"early")
+        transport, protocol = await loop.connect_accepted_socket(
+            lambda: StartsOddly(loop, how), ours
+        )
+        if how == "pause":
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert protocol.events == ["made"]
+            assert transport.is_reading() is False
+            transport.resume_reading()
+        assert await protocol.received(5) == b"early"
+        assert protocol.events == ["made", "data"]
+        if how == "raise":
+            [context] = reported
+            assert isinstance(context["exception"], RuntimeError)
+            assert "connection_made" in context["message"]
+        else:
+            assert reported == []
+        theirs.close()
+        await protocol.lost
+        assert protocol.events == ["made", "data", "eof", "lost"]
+
+    run(loop, main())
+
+
 class ClosesWithin(Recorder):
     """Calls `action` ("close" or "abort") on its transport in the first data_received."""
 

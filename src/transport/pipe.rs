@@ -435,8 +435,7 @@ impl PipeCore {
     /// Queues the start of reading right behind `connection_made` (no Python callback).
     fn _start_reading_soon(slf: &Bound<'_, Self>) {
         if let Some(loop_) = slf.get().loop_of(slf.py()) {
-            let me = IoTransport::Pipe(slf.clone().unbind());
-            loop_.get().queue_start_reading(me);
+            loop_.get().queue_start_reading(Self::me(slf));
         }
     }
 
