@@ -398,6 +398,24 @@ def test_close_flushes_pending_data_then_reports_connection_lost_none(loop):
     assert protocol.events == ["made", "lost"]
 
 
+def test_connection_lost_leaves_the_socket_closed_as_socket_close_would(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        sockets = [t.get_extra_info("socket") for t in (transport, peer.transport)]
+        transport.close()
+        await protocol.lost
+        await peer.lost  # the server side closes on EOF
+        for sock in sockets:
+            assert sock.fileno() == -1
+            # What socket.socket.close() leaves behind: its flag, shown by its repr.
+            assert sock._sock._closed is True
+            assert "[closed]" in repr(sock._sock)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
 def test_write_after_close_is_dropped_silently(loop):
     async def main():
         server, transport, protocol, peer = await tcp_connection(loop)

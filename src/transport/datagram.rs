@@ -26,7 +26,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
 use crate::transport::flow::{is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
-use crate::transport::io::with_bytes;
+use crate::transport::io::{close_socket, with_bytes};
 use crate::transport::IoTransport;
 
 /// The largest datagram read (the stdlib's `max_size`).
@@ -608,7 +608,7 @@ impl DatagramCore {
             loop_.get().deregister_transport(this.fd);
         }
         let closed = match sock {
-            Some(sock) => sock.call_method0(py, "close").map(drop),
+            Some(sock) => close_socket(sock.bind(py)),
             None => Ok(()),
         };
         drop(taken);

@@ -5,7 +5,9 @@ use std::os::fd::RawFd;
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyTypeError;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 /// How much one read takes at most (the stdlib's `max_size`).
@@ -154,4 +156,31 @@ pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyR
         "data argument must be a bytes-like object, not {}",
         data.get_type().name()?.repr()?
     )))
+}
+
+/// `sock.close()`. For an exact `socket.socket` it does what that method's two Python
+/// frames do, with C calls: mark the socket closed, then close the fd unless `makefile()`
+/// objects still use it. Anything else (a subclass, a stand-in) gets its own `close`.
+pub fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    static SOCKET_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static CLOSE_FD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = sock.py();
+    if !sock
+        .get_type()
+        .is(SOCKET_CLASS.import(py, "socket", "socket")?)
+    {
+        return sock.call_method0(intern!(py, "close")).map(drop);
+    }
+    sock.setattr(intern!(py, "_closed"), true)?;
+    let io_refs: isize = sock.getattr(intern!(py, "_io_refs"))?.extract()?;
+    if io_refs <= 0 {
+        let close_fd = CLOSE_FD.get_or_try_init(py, || {
+            py.import("_socket")?
+                .getattr("socket")?
+                .getattr("close")
+                .map(Bound::unbind)
+        })?;
+        close_fd.call1(py, (sock,))?;
+    }
+    Ok(())
 }

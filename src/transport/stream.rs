@@ -34,7 +34,9 @@ use crate::event_loop::LoopCore;
 use crate::transport::flow::{
     consume, is_exit, tell_protocol, water_marks, Chunk, DEFAULT_HIGH_WATER,
 };
-use crate::transport::io::{recv_into, send_chunks, with_bytes, Received, Syscalls, READ_CHUNK};
+use crate::transport::io::{
+    close_socket, recv_into, send_chunks, with_bytes, Received, Syscalls, READ_CHUNK,
+};
 use crate::transport::recycle::{receive, recycle};
 use crate::transport::IoTransport;
 
@@ -882,7 +884,7 @@ impl StreamCore {
             loop_.get().deregister_transport(this.fd);
         }
         let closed = match &sock {
-            Some(sock) => sock.call_method0(py, "close").map(drop),
+            Some(sock) => close_socket(sock.bind(py)),
             None => Ok(()),
         };
         let detached = match (&server, &transport) {
