@@ -644,13 +644,31 @@ impl LoopCore {
                     writable,
                     read_closed,
                 } => {
-                    let outcome = transport.on_ready(py, readable, writable, read_closed);
-                    self.after_transport_step(slf, outcome, batch)?;
+                    // Transports report their own errors; only exit exceptions come out.
+                    let mut outcome = transport.on_ready(py, readable, writable, read_closed);
+                    if let Err(err) = outcome {
+                        // A transport bug must not stop the loop: report it like a callback's.
+                        outcome = if is_exit_exception(py, &err) {
+                            Err(err)
+                        } else {
+                            let context = PyDict::new(py);
+                            context.set_item("message", "Exception in transport I/O")?;
+                            context.set_item("exception", err.into_value(py))?;
+                            slf.call_method1("call_exception_handler", (context,))
+                                .map(drop)
+                        };
+                    }
+                    if let Err(err) = outcome {
+                        let mut state = self.state.lock();
+                        while let Some(rest) = batch.pop_back() {
+                            state.ready.push_front(rest);
+                        }
+                        return Err(err);
+                    }
                     continue;
                 }
                 Ready::StartReading(transport) => {
-                    let outcome = transport.start_reading(py);
-                    self.after_transport_step(slf, outcome, batch)?;
+                    transport.start_reading(py);
                     continue;
                 }
             };
@@ -688,35 +706,6 @@ impl LoopCore {
             }
         }
         Ok(())
-    }
-
-    /// Transports report their own errors; what comes out is a bug, reported like a
-    /// callback's, or an exit exception, which stops the batch (the rest goes back in front).
-    fn after_transport_step(
-        &self,
-        slf: &Bound<'_, Self>,
-        mut outcome: PyResult<()>,
-        batch: &mut VecDeque<Ready>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if let Err(err) = outcome {
-            outcome = if is_exit_exception(py, &err) {
-                Err(err)
-            } else {
-                let context = PyDict::new(py);
-                context.set_item("message", "Exception in transport I/O")?;
-                context.set_item("exception", err.into_value(py))?;
-                slf.call_method1("call_exception_handler", (context,))
-                    .map(drop)
-            };
-        }
-        if outcome.is_err() {
-            let mut state = self.state.lock();
-            while let Some(rest) = batch.pop_back() {
-                state.ready.push_front(rest);
-            }
-        }
-        outcome
     }
 
     fn rearm_and_recycle(&self, batch: VecDeque<Ready>) {

@@ -197,9 +197,12 @@ impl DatagramCore {
     fn queue_read(slf: &Bound<'_, Self>) {
         let py = slf.py();
         if let Some(loop_) = slf.get().loop_of(py) {
-            let me = IoTransport::Datagram(slf.clone().unbind());
-            loop_.get().queue_transport(me, true, false);
+            loop_.get().queue_transport(Self::me(slf), true, false);
         }
+    }
+
+    fn me(slf: &Bound<'_, Self>) -> IoTransport {
+        IoTransport::Datagram(slf.clone().unbind())
     }
 
     /// Starts delivering data (queued right behind `connection_made`).
@@ -420,9 +423,7 @@ impl DatagramCore {
                 "Event loop is closed",
             ));
         };
-        loop_
-            .get()
-            .register_transport(py, IoTransport::Datagram(slf.clone().unbind()))?;
+        loop_.get().register_transport(py, Self::me(slf))?;
         slf.get().state().registered = true;
         Ok(())
     }
@@ -430,8 +431,7 @@ impl DatagramCore {
     /// Queues the start of reading right behind `connection_made` (no Python callback).
     fn _start_reading_soon(slf: &Bound<'_, Self>) {
         if let Some(loop_) = slf.get().loop_of(slf.py()) {
-            let me = IoTransport::Datagram(slf.clone().unbind());
-            loop_.get().queue_start_reading(me);
+            loop_.get().queue_start_reading(Self::me(slf));
         }
     }
 

@@ -58,17 +58,11 @@ impl IoTransport {
     }
 
     /// Starts delivering data: what was read before `connection_made` ran, then more.
-    pub fn start_reading(&self, py: Python<'_>) -> PyResult<()> {
+    pub fn start_reading(&self, py: Python<'_>) {
         match self {
             Self::Stream(core) => StreamCore::start_reading(core.bind(py)),
-            Self::Datagram(core) => {
-                DatagramCore::start_reading(core.bind(py));
-                Ok(())
-            }
-            Self::Pipe(core) => {
-                PipeCore::start_reading(core.bind(py));
-                Ok(())
-            }
+            Self::Datagram(core) => DatagramCore::start_reading(core.bind(py)),
+            Self::Pipe(core) => PipeCore::start_reading(core.bind(py)),
         }
     }
 }

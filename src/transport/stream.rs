@@ -224,7 +224,7 @@ impl StreamCore {
         let (received, data) = receive(py, fd)?;
         match received {
             Received::Data(n) => {
-                Self::read_again_if_more(slf, n, READ_CHUNK)?;
+                Self::read_again_if_more(slf, n, READ_CHUNK);
                 if let Some(data) = data {
                     let outcome = data_received.call1(py, (&data.bytes,));
                     recycle(data);
@@ -286,7 +286,7 @@ impl StreamCore {
                 Self::protocol_failed(slf, err, "Fatal error: protocol.get_buffer() call failed.")
             }
             Ok(Received::Data(n)) => {
-                Self::read_again_if_more(slf, n, capacity)?;
+                Self::read_again_if_more(slf, n, capacity);
                 if let Err(err) = buffer_updated.call1(py, (n,)) {
                     return Self::protocol_failed(
                         slf,
@@ -303,11 +303,10 @@ impl StreamCore {
     /// A read that filled its buffer may have left data behind, and after the peer
     /// closed, EOF is still to be read: either way no new edge will come, so read again
     /// next iteration.
-    fn read_again_if_more(slf: &Bound<'_, Self>, n: usize, capacity: usize) -> PyResult<()> {
+    fn read_again_if_more(slf: &Bound<'_, Self>, n: usize, capacity: usize) {
         if n >= capacity || slf.get().state().peer_closed {
-            Self::queue_read(slf)?;
+            Self::queue_read(slf);
         }
-        Ok(())
     }
 
     /// A protocol callback raised: KeyboardInterrupt/SystemExit propagate, the rest is
@@ -372,9 +371,7 @@ impl StreamCore {
             state.registered = true;
             loop_
         };
-        let outcome = loop_
-            .get()
-            .register_transport(py, IoTransport::Stream(slf.clone().unbind()));
+        let outcome = loop_.get().register_transport(py, Self::me(slf));
         if outcome.is_err() {
             slf.get().state().registered = false;
         }
@@ -399,29 +396,29 @@ impl StreamCore {
     }
 
     /// Queues a read attempt for the next iteration.
-    fn queue_read(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        if let Some(loop_) = slf.get().loop_of(py) {
-            let me = IoTransport::Stream(slf.clone().unbind());
-            loop_.get().queue_transport(me, true, false);
+    fn queue_read(slf: &Bound<'_, Self>) {
+        if let Some(loop_) = slf.get().loop_of(slf.py()) {
+            loop_.get().queue_transport(Self::me(slf), true, false);
         }
-        Ok(())
+    }
+
+    fn me(slf: &Bound<'_, Self>) -> IoTransport {
+        IoTransport::Stream(slf.clone().unbind())
     }
 
     /// Starts delivering data (scheduled right after `connection_made`).
-    pub(crate) fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn start_reading(slf: &Bound<'_, Self>) {
         let pending = {
             let mut state = slf.get().state();
             if state.closing {
-                return Ok(());
+                return;
             }
             state.reading_started = true;
             !state.reading_paused && state.read_pending
         };
         if pending {
-            Self::queue_read(slf)?;
+            Self::queue_read(slf);
         }
-        Ok(())
     }
 
     /// Sends queued data; finishes a pending close or write_eof once the queue is empty.
@@ -694,8 +691,7 @@ impl StreamCore {
     /// Queues the start of reading right behind `connection_made` (no Python callback).
     fn _start_reading_soon(slf: &Bound<'_, Self>) {
         if let Some(loop_) = slf.get().loop_of(slf.py()) {
-            let me = IoTransport::Stream(slf.clone().unbind());
-            loop_.get().queue_start_reading(me);
+            loop_.get().queue_start_reading(Self::me(slf));
         }
     }
 
@@ -804,7 +800,8 @@ impl StreamCore {
         }
         Self::ensure_registered(slf)?;
         // Data may have arrived (or been left) while paused: look next iteration.
-        Self::queue_read(slf)
+        Self::queue_read(slf);
+        Ok(())
     }
 
     #[pyo3(signature = (high=None, low=None))]
