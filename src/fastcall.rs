@@ -1,16 +1,17 @@
 //! Hand-written `METH_FASTCALL | METH_KEYWORDS` / `METH_NOARGS` entry points for the
 //! hottest methods: the four scheduling methods (`call_soon`, `call_soon_threadsafe`,
-//! `call_later`, `call_at`), `create_future` and `create_task` of the loop, and the stream
-//! transport's `write`.
+//! `call_later`, `call_at`), `create_future` and `create_task` of the loop, a handle's
+//! `cancel`, and the stream transport's `write`.
 //!
 //! These are the hottest calls: every task step and future callback goes through
-//! `call_soon`, every reply a server sends through `write`. PyO3's generic argument extraction plus its trampoline cost about as much
-//! as the rest of `call_soon` together; parsing `(fixed..., *args, context=None)` here
+//! `call_soon`, every timeout that does not fire through `cancel`, every reply a server
+//! sends through `write`. PyO3's generic argument extraction plus its trampoline cost about
+//! as much as the rest of `call_soon` together; parsing `(fixed..., *args, context=None)` here
 //! directly from the vector of arguments is a few comparisons.
 //!
-//! The methods are installed on `LoopCore` and `StreamCore` as ordinary method descriptors
-//! when the module is created, replacing nothing: neither class declares methods of these
-//! names.
+//! The methods are installed on `LoopCore`, `Handle` and `StreamCore` as ordinary method
+//! descriptors when the module is created, replacing nothing: none of these classes
+//! declares methods of these names.
 //!
 //! # Implementation notes
 //! Everything here runs attached to the interpreter (CPython calls a method descriptor's
@@ -29,6 +30,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::LoopCore;
+use crate::handle::Handle;
 use crate::transport::stream::StreamCore;
 
 /// The arguments of a scheduling method: its fixed positional parameters (the callback
@@ -149,10 +151,20 @@ unsafe fn entry<const FIXED: usize>(
     ) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
     guarded("Loop", method, |py| {
-        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
+        let slf = loop_self(py, slf);
         let parsed = parse(py, method, names, args, nargsf, kwnames)?;
         body(&slf, parsed)
     })
+}
+
+/// `self` of a loop method, as the `LoopCore` it is.
+///
+/// # Safety
+/// `slf` is the `self` CPython passes to a method descriptor of `LoopCore`: the descriptor
+/// has already checked that it is an instance (usually of `Loop`, a subclass), so the
+/// check is not repeated (on `Loop`'s long MRO it costs as much as parsing the arguments).
+unsafe fn loop_self<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> Bound<'py, LoopCore> {
+    Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>()
 }
 
 /// Runs `body` as a method's implementation with the interpreter attached, and hands
@@ -225,8 +237,7 @@ unsafe extern "C" fn create_future(
     _unused: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     guarded("Loop", "create_future", |py| {
-        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
-        LoopCore::new_future(&slf)
+        LoopCore::new_future(&loop_self(py, slf))
     })
 }
 
@@ -238,7 +249,7 @@ unsafe extern "C" fn create_task(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     guarded("Loop", "create_task", |py| {
-        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<LoopCore>()?;
+        let slf = loop_self(py, slf);
         let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
         if nargs > 1 {
             return Err(PyTypeError::new_err(format!(
@@ -276,6 +287,18 @@ unsafe extern "C" fn create_task(
     })
 }
 
+/// `cancel()` of a handle (timers, mostly: `call_later(...).cancel()` is how timeouts end).
+unsafe extern "C" fn handle_cancel(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    guarded("Handle", "cancel", |py| {
+        // SAFETY: the method descriptor checked `slf` is a Handle (see `loop_self`).
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Handle>();
+        Handle::cancel(&slf).map(|()| py.None().into_bound(py))
+    })
+}
+
 /// `write(data)` of a stream transport (`SocketTransport.write`, bound from its core).
 unsafe extern "C" fn stream_write(
     slf: *mut ffi::PyObject,
@@ -284,7 +307,8 @@ unsafe extern "C" fn stream_write(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     guarded("SocketTransport", "write", |py| {
-        let slf = Bound::from_borrowed_ptr(py, slf).cast_into::<StreamCore>()?;
+        // SAFETY: the method descriptor checked `slf` is a StreamCore (see `loop_self`).
+        let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<StreamCore>();
         let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
         let data = if nargs == 1 && kwnames.is_null() {
             Bound::from_borrowed_ptr(py, *args)
@@ -417,9 +441,21 @@ const STREAM_METHODS: [Method; 1] = [Method {
           Write `data` (bytes-like) without blocking; what the socket does not take is queued.",
 }];
 
-/// Adds the methods above to `LoopCore` and `StreamCore` (once, at module creation).
+const HANDLE_METHODS: [Method; 1] = [Method {
+    name: c"cancel",
+    function: ffi::PyMethodDefPointer {
+        PyCFunction: handle_cancel,
+    },
+    flags: ffi::METH_NOARGS,
+    doc: c"cancel($self, /)\n--\n\n\
+          Cancel the callback. Cancelling an already cancelled or finished handle does nothing.",
+}];
+
+/// Adds the methods above to `LoopCore`, `Handle` and `StreamCore` (once, at module
+/// creation).
 pub fn install(py: Python<'_>) -> PyResult<()> {
     add_methods(py, &py.get_type::<LoopCore>(), &METHODS)?;
+    add_methods(py, &py.get_type::<Handle>(), &HANDLE_METHODS)?;
     add_methods(py, &py.get_type::<StreamCore>(), &STREAM_METHODS)
 }
 

@@ -246,9 +246,9 @@ fn handle_repr(slf: &Bound<'_, PyAny>) -> PyResult<String> {
         .extract()
 }
 
-#[pymethods]
 impl Handle {
     /// Cancel the callback. Cancelling an already cancelled or finished handle does nothing.
+    /// (Python's `cancel()`, entered through `fastcall.rs`.)
     pub fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         if this.mark_cancelled() {
@@ -269,7 +269,10 @@ impl Handle {
         }
         Ok(())
     }
+}
 
+#[pymethods]
+impl Handle {
     fn cancelled(&self) -> bool {
         self.is_cancelled()
     }
