@@ -2,6 +2,7 @@
 
 import asyncio
 import errno
+import gc
 import json
 import socket
 import sys
@@ -350,6 +351,40 @@ def test_close_and_abort_clients(loop, method):
             assert await peer.lost is None
         for _, protocol in clients:
             await protocol.lost  # the client sees the server end go away
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+class Abandoning(asyncio.Protocol):
+    """Stops reading and keeps no reference to its transport: nothing holds it then."""
+
+    def __init__(self, made):
+        self.made = made
+
+    def connection_made(self, transport):
+        transport.pause_reading()
+        self.made.set_result(None)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="close_clients is new in 3.13")
+def test_close_clients_skips_a_collected_connection(loop):
+    async def main():
+        made = loop.create_future()
+        capture = Capturing(loop, lambda: EchoRecorder(loop))
+        factories = iter([lambda: Abandoning(made), capture])
+        server = await loop.create_server(lambda: next(factories)(), "127.0.0.1", 0)
+        abandoned, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port_of(server))
+        await made
+        with pytest.warns(ResourceWarning, match="unclosed transport"):
+            gc.collect()  # the abandoned server-side transport (a cycle with its core)
+        [(kept, kept_protocol)] = await connected_clients(loop, server, 1)
+        server.close()
+        server.close_clients()
+        assert await capture.protocols[0].lost is None
+        await kept_protocol.lost
+        abandoned.close()
+        kept.close()
         await server.wait_closed()
 
     run(loop, main())

@@ -807,6 +807,31 @@ def test_peername_and_sockname_outlive_the_connection(loop):
     run(loop, main())
 
 
+def test_sockname_and_socket_first_asked_after_the_connection_is_closed(loop):
+    # Nothing asks for them while the connection is open; they are still known after.
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        client_address = peer.transport.get_extra_info("peername")
+        server_address = transport.get_extra_info("peername")
+        peer.transport.abort()
+        transport.close()
+        await protocol.lost
+        await peer.lost
+        assert transport.get_extra_info("sockname") == client_address
+        assert peer.transport.get_extra_info("sockname") == server_address
+        for side in (transport, peer.transport):
+            sock = side.get_extra_info("socket")
+            assert isinstance(sock, asyncio.trsock.TransportSocket)
+            assert sock.fileno() == -1
+            assert side.get_extra_info("socket") is sock
+            assert side.get_extra_info("sockname") is side.get_extra_info("sockname")
+            assert side.get_extra_info("nonexistent", "default") == "default"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
 def test_add_reader_on_a_transport_fd_is_refused(loop):
     async def main():
         server, transport, protocol, peer = await tcp_connection(loop)

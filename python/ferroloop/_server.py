@@ -39,9 +39,13 @@ class Server(events.AbstractServer):
     ) -> None:
         self._loop = loop
         self._sockets: list[socket.socket] | None = sockets
-        # Weak, as in the stdlib: an abandoned transport must still be collectable (and
-        # warn about being unclosed) even though the server knows it.
-        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Weak references, as in the stdlib: an abandoned transport must still be
+        # collectable (and warn about being unclosed) even though the server knows it. A set
+        # of references rather than a WeakSet: the transport keeps the reference _attach
+        # returns as its entry in loop._transports, so a connection costs one weak
+        # reference and no Python frames; a collected transport's reference removes itself.
+        self._clients: set[weakref.ref[Any]] = set()
+        self._forget_client = self._clients.discard
         self._anonymous = 0
         # Futures of wait_closed() callers; None once closed with no connection left.
         self._waiters: list[futures.Future] | None = []
@@ -63,17 +67,21 @@ class Server(events.AbstractServer):
     # Our transports pass themselves; code written for the 3.11/3.12 stdlib Server calls
     # these without an argument, and such attachments are counted in ``_anonymous``.
 
-    def _attach(self, transport: Any = None) -> None:
+    def _attach(self, transport: Any = None) -> weakref.ref[Any] | None:
+        """Count a connection; for a transport, return the weak reference kept for it."""
         if transport is None:
             self._anonymous += 1
-        else:
-            self._clients.add(transport)
+            return None
+        client = weakref.ref(transport, self._forget_client)
+        self._clients.add(client)
+        return client
 
     def _detach(self, transport: Any = None) -> None:
         if transport is None:
             self._anonymous -= 1
         else:
-            self._clients.discard(transport)
+            # Weak references to a live object compare and hash as the object does.
+            self._clients.discard(weakref.ref(transport))
         # Sockets first: while the server listens (the common case) that settles it.
         if self._sockets is None and not self._has_clients():
             self._wakeup()
@@ -151,13 +159,17 @@ class Server(events.AbstractServer):
 
         def close_clients(self) -> None:
             """Close every connection accepted by this server (flushing their buffers)."""
-            for transport in self._clients.copy():
-                transport.close()
+            for client in list(self._clients):
+                transport = client()
+                if transport is not None:
+                    transport.close()
 
         def abort_clients(self) -> None:
             """Abort every connection accepted by this server (dropping their buffers)."""
-            for transport in self._clients.copy():
-                transport.abort()
+            for client in list(self._clients):
+                transport = client()
+                if transport is not None:
+                    transport.abort()
 
     async def start_serving(self) -> None:
         """Start accepting connections (a no-op when already serving)."""

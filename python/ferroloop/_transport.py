@@ -66,12 +66,8 @@ class SocketTransport(CoreTransport, transports.Transport):
         # BaseTransport.__init__, inline: this runs once per accepted connection.
         if extra is None:
             extra = {}
+        # "socket" and "sockname" are made when first asked for (see get_extra_info).
         self._extra = extra
-        extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            extra["sockname"] = sock.getsockname()
-        except OSError:
-            extra["sockname"] = None
         if "peername" not in extra:
             try:
                 extra["peername"] = sock.getpeername()
@@ -92,9 +88,9 @@ class SocketTransport(CoreTransport, transports.Transport):
         core = StreamCore(loop, sock, protocol, self, server)
         self._core = core
         core._register()
-        if server is not None:
-            server._attach(self)
-        loop._transports[self._sock_fd] = weakref.ref(self)
+        # One weak reference serves the loop's fd map and the server's set of clients.
+        client = server._attach(self) if server is not None else None
+        loop._transports[self._sock_fd] = client if client is not None else weakref.ref(self)
         # As on the stdlib loop: connection_made first, reading right after (queued as a
         # step of the loop's own, not a Python callback), then the waiter.
         loop.call_soon(protocol.connection_made, self)
@@ -119,6 +115,21 @@ class SocketTransport(CoreTransport, transports.Transport):
     get_protocol = core_method()
     set_protocol = core_method()
     _force_close = core_method()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """As on the stdlib loop; "socket" and "sockname" are built on first request (most
+        connections never ask, and a server may hold many), the same object after that.
+        The address is taken before the socket closes, so it stays known, as there."""
+        extra = self._extra
+        if name in extra:
+            return extra[name]
+        if name == "socket":
+            extra["socket"] = transport_socket = trsock.TransportSocket(self._sock)
+            return transport_socket
+        if name == "sockname":
+            extra["sockname"] = sockname = self._core._sockname()
+            return sockname
+        return default
 
     @property
     def _protocol_paused(self) -> bool:

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
@@ -88,6 +88,9 @@ struct StreamState {
     /// Registered with the poller, which then keeps the transport alive. As on the stdlib
     /// loop, only while reading or sending: an idle, unreferenced transport is collected.
     registered: bool,
+    /// `getsockname()` of the socket, once asked for (or taken just before the socket
+    /// closes, so that it is still known afterwards, as on the stdlib loop).
+    sockname: Option<Py<PyAny>>,
 }
 
 /// The Rust half of a stream transport (see the module docs).
@@ -127,6 +130,23 @@ impl StreamCore {
             protocol: protocol.clone().unbind(),
             receive,
         })
+    }
+
+    /// Asks `sock` for its address unless already known, and remembers the answer (None
+    /// if `getsockname` fails). Local addresses are only wanted by some protocols, so a
+    /// connection does not build one up front; it is taken before the socket closes.
+    fn keep_sockname(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if let Some(known) = &slf.get().state().sockname {
+            return Ok(known.clone_ref(py));
+        }
+        let sockname = match sock.call_method0("getsockname") {
+            Ok(address) => address.unbind(),
+            Err(err) if err.is_instance_of::<PyOSError>(py) => py.None(),
+            Err(err) => return Err(err),
+        };
+        slf.get().state().sockname = Some(sockname.clone_ref(py));
+        Ok(sockname)
     }
 
     fn loop_of(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
@@ -676,6 +696,7 @@ impl StreamCore {
                 conn_lost: 0,
                 drain_waiter: false,
                 registered: false,
+                sockname: None,
             }),
         })
     }
@@ -881,7 +902,9 @@ impl StreamCore {
             loop_.get().deregister_transport(this.fd);
         }
         let closed = match &sock {
-            Some(sock) => close_socket(sock.bind(py)),
+            Some(sock) => Self::keep_sockname(slf, sock.bind(py))
+                .map(drop)
+                .and(close_socket(sock.bind(py))),
             None => Ok(()),
         };
         let detached = match (&server, &transport) {
@@ -892,6 +915,23 @@ impl StreamCore {
         };
         drop((loop_, sock, transport, server, protocol, queue));
         outcome.and(closed).and(detached)
+    }
+
+    /// The transport's `get_extra_info("sockname")`: asked of the socket the first time
+    /// (None if it fails, as on the stdlib loop), the same object afterwards.
+    fn _sockname(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let sock = {
+            let state = slf.get().state();
+            if let Some(known) = &state.sockname {
+                return Ok(known.clone_ref(py));
+            }
+            state.sock.as_ref().map(|sock| sock.clone_ref(py))
+        };
+        match sock {
+            Some(sock) => Self::keep_sockname(slf, sock.bind(py)),
+            None => Ok(py.None()),
+        }
     }
 
     /// (fd, reading state, write state, queued bytes) for the transport's repr.
