@@ -172,7 +172,7 @@ unsafe fn loop_self<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> Bound<'py,
 ///
 /// # Safety
 /// Called from CPython's method call, which holds the interpreter attached.
-unsafe fn guarded(
+pub(crate) unsafe fn guarded(
     class: &str,
     method: &str,
     body: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>,
@@ -309,14 +309,28 @@ unsafe extern "C" fn stream_write(
     guarded("SocketTransport", "write", |py| {
         // SAFETY: the method descriptor checked `slf` is a StreamCore (see `loop_self`).
         let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<StreamCore>();
-        let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
-        let data = if nargs == 1 && kwnames.is_null() {
-            Bound::from_borrowed_ptr(py, *args)
-        } else {
-            only_argument(py, "SocketTransport.write", "data", args, nargs, kwnames)?
-        };
-        StreamCore::write_data(&slf, &data).map(|()| py.None().into_bound(py))
+        write_to(&slf, args, nargsf, kwnames)
     })
+}
+
+/// `core.write(data)` with the vectorcall arguments of `write`.
+///
+/// # Safety
+/// As for `parse`: `args` holds `nargs + len(kwnames)` live object pointers.
+pub(crate) unsafe fn write_to<'py>(
+    core: &Bound<'py, StreamCore>,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = core.py();
+    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+    let data = if nargs == 1 && kwnames.is_null() {
+        Bound::from_borrowed_ptr(py, *args)
+    } else {
+        only_argument(py, "SocketTransport.write", "data", args, nargs, kwnames)?
+    };
+    StreamCore::write_data(core, &data).map(|()| py.None().into_bound(py))
 }
 
 /// The one argument of `method(name)`, passed by position or keyword; otherwise the
@@ -324,7 +338,7 @@ unsafe extern "C" fn stream_write(
 ///
 /// # Safety
 /// As for `parse`: `args` holds `nargs + len(kwnames)` live object pointers.
-unsafe fn only_argument<'py>(
+pub(crate) unsafe fn only_argument<'py>(
     py: Python<'py>,
     method: &str,
     name: &str,
@@ -366,14 +380,14 @@ unsafe fn only_argument<'py>(
 
 /// A method table entry: name, function, docstring with the `__text_signature__`
 /// CPython reads from it.
-struct Method {
-    name: &'static CStr,
-    function: ffi::PyMethodDefPointer,
-    flags: std::ffi::c_int,
-    doc: &'static CStr,
+pub(crate) struct Method {
+    pub name: &'static CStr,
+    pub function: ffi::PyMethodDefPointer,
+    pub flags: std::ffi::c_int,
+    pub doc: &'static CStr,
 }
 
-const FASTCALL: std::ffi::c_int = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+pub(crate) const FASTCALL: std::ffi::c_int = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
 
 const METHODS: [Method; 6] = [
     Method {
@@ -459,7 +473,11 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     add_methods(py, &py.get_type::<StreamCore>(), &STREAM_METHODS)
 }
 
-fn add_methods(py: Python<'_>, class: &Bound<'_, PyType>, methods: &[Method]) -> PyResult<()> {
+pub(crate) fn add_methods(
+    py: Python<'_>,
+    class: &Bound<'_, PyType>,
+    methods: &[Method],
+) -> PyResult<()> {
     for method in methods {
         // The definition must outlive the type: leaked once per process, a few of them.
         let definition: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {

@@ -8,30 +8,6 @@ from asyncio.log import logger
 from typing import Any
 
 
-class core_method:  # noqa: N801 - used like a decorator-less method definition
-    """A transport method served by the Rust core. The first access from a transport binds
-    the core's method into the instance's ``__dict__``, where every later lookup finds it:
-    calls go straight to Rust with no Python frame, and a transport holds bound methods
-    only for what it uses (a server with a thousand connections mostly uses ``write``)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self) -> None:
-        self.name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, transport: Any, owner: type | None = None) -> Any:
-        if transport is None:
-            return self
-        bound = getattr(transport._core, self.name)
-        # setattr, not __dict__[...]: touching __dict__ would turn the instance's compact
-        # shared-key attributes into a dict of its own (~300 bytes per transport).
-        setattr(transport, self.name, bound)
-        return bound
-
-
 class CoreTransport:
     """Mixin for a transport whose state lives in ``self._core``; ``self._file`` is the
     socket or pipe it owns, ``self._loop`` its loop."""

@@ -10,7 +10,15 @@ from typing import Any, TypeVar, final
 from _typeshed import FileDescriptorLike
 from typing_extensions import TypeVarTuple, Unpack, disjoint_base
 
-__all__ = ["DatagramCore", "Handle", "LoopCore", "PipeCore", "StreamCore", "TimerHandle"]
+__all__ = [
+    "DatagramCore",
+    "Handle",
+    "LoopCore",
+    "PipeCore",
+    "StreamCore",
+    "TimerHandle",
+    "_install_stream_transport_methods",
+]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -225,3 +233,5 @@ class PipeCore:
     def _force_close(self, exc: BaseException | None = None) -> None: ...
     def _call_connection_lost(self, exc: BaseException | None = None) -> None: ...
     def _describe(self) -> tuple[int, bool, bool, bool, int]: ...
+
+def _install_stream_transport_methods(cls: type) -> None: ...

@@ -2,8 +2,9 @@
 
 The work per packet is in the Rust ``StreamCore``; this class gives it the identity
 libraries check (``isinstance(t, asyncio.Transport)``), the extra info and the reports.
-The core's methods are bound into each instance on first use (``core_method``), so
-``transport.write(data)`` goes straight to Rust with no Python frame in between.
+The core's methods are built-in methods of this class (``src/transport/methods.rs``), so
+``transport.write(data)`` goes straight to Rust with no Python frame in between, and a
+transport stores nothing per method it uses.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import weakref
 from asyncio import constants, futures, transports, trsock
 from typing import Any
 
-from ._core_transport import CoreTransport, core_method
-from ._ferroloop import StreamCore
+from ._core_transport import CoreTransport
+from ._ferroloop import StreamCore, _install_stream_transport_methods
 
 # The C-level attributes: ``socket.socket.family`` and ``.type`` are properties that build
 # an enum member on every read, which costs more than the rest of a transport's set-up.
@@ -98,23 +99,8 @@ class SocketTransport(CoreTransport, transports.Transport):
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    # Served by the Rust core (bound per instance on first use; see core_method).
-    write = core_method()
-    writelines = core_method()
-    write_eof = core_method()
-    can_write_eof = core_method()
-    close = core_method()
-    abort = core_method()
-    is_closing = core_method()
-    is_reading = core_method()
-    pause_reading = core_method()
-    resume_reading = core_method()
-    set_write_buffer_limits = core_method()
-    get_write_buffer_limits = core_method()
-    get_write_buffer_size = core_method()
-    get_protocol = core_method()
-    set_protocol = core_method()
-    _force_close = core_method()
+    # write, close, is_closing, the buffer limits and the reading and protocol switches are
+    # served by the Rust core: installed below, as built-in methods of this class.
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """As on the stdlib loop; "socket" and "sockname" are built on first request (most
@@ -163,8 +149,7 @@ class SocketTransport(CoreTransport, transports.Transport):
 
     def _reset_empty_waiter(self) -> None:
         self._empty_waiter = None
-        self.write = self._core.write
-        self.writelines = self._core.writelines
+        del self.write, self.writelines  # the class's methods again
 
     def _refuse_write_during_sendfile(self, data: Any) -> None:
         raise RuntimeError("unable to write; sendfile is in progress")
@@ -179,3 +164,6 @@ class SocketTransport(CoreTransport, transports.Transport):
             waiter.set_result(None)
         else:
             waiter.set_exception(exc)
+
+
+_install_stream_transport_methods(SocketTransport)

@@ -3,6 +3,7 @@
 pub mod datagram;
 pub mod flow;
 pub mod io;
+pub mod methods;
 pub mod pipe;
 pub mod recycle;
 pub mod stream;

@@ -1,0 +1,172 @@
+//! The methods of `ferroloop._transport.SocketTransport` that its Rust core serves,
+//! installed on the Python class as method descriptors.
+//!
+//! A call such as `transport.is_closing()` then finds the method on the class, as for any
+//! built-in method: nothing is bound or stored per transport. (Binding the core's methods
+//! into each instance, as the transport once did, cost 72 bytes per method used, and the
+//! second one made CPython give the instance a dictionary of its own: ~460 bytes for every
+//! connection that called, say, `write` and `is_closing`, as every stream does.)
+//!
+//! Each method looks up the transport's `_core` and calls the core's method of the same
+//! name; `write`, the hot one, goes straight to the core's Rust implementation.
+
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyType};
+
+use crate::fastcall::{add_methods, guarded, write_to, Method, FASTCALL};
+use crate::transport::stream::StreamCore;
+
+/// The transport's core (`transport._core`).
+///
+/// # Safety
+/// Attached; `slf` is a live object.
+unsafe fn core_of<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> PyResult<Bound<'py, PyAny>> {
+    Bound::from_borrowed_ptr(py, slf).getattr(intern!(py, "_core"))
+}
+
+/// Arguments passed on in place for calls of up to this many (the core first).
+const INLINE_ARGS: usize = 8;
+
+/// Calls `transport._core.<name>(*args, **kwargs)` with the vectorcall arguments as given.
+///
+/// # Safety
+/// Called from CPython's method call (attached); `args` holds `nargs + len(kwnames)` live
+/// object pointers and `kwnames` is NULL or a tuple of str, as for any
+/// `METH_FASTCALL | METH_KEYWORDS` function.
+unsafe fn forward(
+    method: &'static str,
+    name: for<'py> fn(Python<'py>) -> &'py Bound<'py, PyString>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    guarded("SocketTransport", method, |py| {
+        let core = core_of(py, slf)?;
+        let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames) as usize
+        };
+        let given = std::slice::from_raw_parts(args, nargs + nkw);
+        let mut inline = [std::ptr::null_mut(); INLINE_ARGS];
+        let mut spilled = Vec::new();
+        let vector: &mut [*mut ffi::PyObject] = if given.len() < INLINE_ARGS {
+            &mut inline[..given.len() + 1]
+        } else {
+            spilled.resize(given.len() + 1, std::ptr::null_mut());
+            &mut spilled
+        };
+        vector[0] = core.as_ptr();
+        vector[1..].copy_from_slice(given);
+        // The pointers are borrowed: `core` and the caller's arguments outlive the call.
+        let result =
+            ffi::PyObject_VectorcallMethod(name(py).as_ptr(), vector.as_ptr(), nargs + 1, kwnames);
+        Bound::from_owned_ptr_or_err(py, result)
+    })
+}
+
+/// `SocketTransport.write(data)`: straight to the core's Rust `write`.
+unsafe extern "C" fn write(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    guarded("SocketTransport", "write", |py| {
+        let core = core_of(py, slf)?.cast_into::<StreamCore>()?;
+        write_to(&core, args, nargsf, kwnames)
+    })
+}
+
+/// Defines `$function`, a method that forwards to the core's method `$name`, and its
+/// table entry with the docstring `$doc` (signature line first).
+macro_rules! forwarding_methods {
+    ($($function:ident => $name:literal, $doc:literal;)+) => {
+        $(
+            unsafe extern "C" fn $function(
+                slf: *mut ffi::PyObject,
+                args: *const *mut ffi::PyObject,
+                nargsf: ffi::Py_ssize_t,
+                kwnames: *mut ffi::PyObject,
+            ) -> *mut ffi::PyObject {
+                forward($name, |py| intern!(py, $name), slf, args, nargsf, kwnames)
+            }
+        )+
+
+        const METHODS: &[Method] = &[
+            Method {
+                name: c"write",
+                function: ffi::PyMethodDefPointer {
+                    PyCFunctionFastWithKeywords: write,
+                },
+                flags: FASTCALL,
+                doc: c"write($self, data)\n--\n\n\
+                      Write `data` (bytes-like) without blocking; what the socket does not \
+                      take is queued.",
+            },
+            $(
+                Method {
+                    name: match std::ffi::CStr::from_bytes_with_nul(
+                        concat!($name, "\0").as_bytes(),
+                    ) {
+                        Ok(name) => name,
+                        Err(_) => panic!("method name with a NUL"),
+                    },
+                    function: ffi::PyMethodDefPointer {
+                        PyCFunctionFastWithKeywords: $function,
+                    },
+                    flags: FASTCALL,
+                    doc: match std::ffi::CStr::from_bytes_with_nul(
+                        concat!($doc, "\0").as_bytes(),
+                    ) {
+                        Ok(doc) => doc,
+                        Err(_) => panic!("docstring with a NUL"),
+                    },
+                },
+            )+
+        ];
+    };
+}
+
+forwarding_methods! {
+    writelines => "writelines",
+        "writelines($self, list_of_data)\n--\n\nWrite each item of an iterable of bytes-like objects.";
+    write_eof => "write_eof",
+        "write_eof($self, /)\n--\n\nClose the write side once queued data is sent (half-close).";
+    can_write_eof => "can_write_eof",
+        "can_write_eof($self, /)\n--\n\nTrue: stream sockets can half-close.";
+    close => "close",
+        "close($self, /)\n--\n\nClose: stop reading, send what is queued, then `connection_lost(None)`.";
+    abort => "abort",
+        "abort($self, /)\n--\n\nClose at once, dropping queued data.";
+    is_closing => "is_closing",
+        "is_closing($self, /)\n--\n\nTrue once the transport is closing or closed.";
+    is_reading => "is_reading",
+        "is_reading($self, /)\n--\n\nTrue while the protocol is given the data that arrives.";
+    pause_reading => "pause_reading",
+        "pause_reading($self, /)\n--\n\nStop calling the protocol with data until `resume_reading()`.";
+    resume_reading => "resume_reading",
+        "resume_reading($self, /)\n--\n\nResume delivering data after `pause_reading()`.";
+    set_write_buffer_limits => "set_write_buffer_limits",
+        "set_write_buffer_limits($self, high=None, low=None)\n--\n\nSet the high and low water marks of the write buffer.";
+    get_write_buffer_limits => "get_write_buffer_limits",
+        "get_write_buffer_limits($self, /)\n--\n\nThe (low, high) water marks of the write buffer.";
+    get_write_buffer_size => "get_write_buffer_size",
+        "get_write_buffer_size($self, /)\n--\n\nBytes queued and not yet sent.";
+    get_protocol => "get_protocol",
+        "get_protocol($self, /)\n--\n\nThe current protocol.";
+    set_protocol => "set_protocol",
+        "set_protocol($self, protocol)\n--\n\nGive the data that arrives from now on to `protocol`.";
+    force_close => "_force_close",
+        "_force_close($self, exc=None)\n--\n\nClose at once because of `exc`.";
+}
+
+/// Installs the methods on `class` (`SocketTransport`, once, when `_transport` is imported).
+#[pyfunction]
+pub fn _install_stream_transport_methods(class: &Bound<'_, PyType>) -> PyResult<()> {
+    add_methods(class.py(), class, METHODS)
+}
