@@ -832,6 +832,35 @@ def test_sockname_and_socket_first_asked_after_the_connection_is_closed(loop):
     run(loop, main())
 
 
+def test_calling_transport_methods_stores_nothing_in_the_transport(loop):
+    # A server keeps many transports: their methods must not be bound into each of them.
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        side = peer.transport
+        before = set(vars(side))
+        side.write(b"x")
+        side.writelines([b"y"])
+        assert not side.is_closing() and side.is_reading() and side.can_write_eof()
+        side.pause_reading()
+        side.resume_reading()
+        side.set_write_buffer_limits(high=1024)
+        assert side.get_write_buffer_limits() == (256, 1024)
+        assert side.get_write_buffer_size() == 0
+        side.set_protocol(side.get_protocol())
+        assert set(vars(side)) == before
+        for call in (lambda: side.is_closing(1), lambda: side.write(), lambda: side.close(None)):
+            with pytest.raises(TypeError):
+                call()
+        assert await protocol.received(2) == b"xy"
+        side.close()
+        assert side.is_closing()
+        await protocol.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
 def test_add_reader_on_a_transport_fd_is_refused(loop):
     async def main():
         server, transport, protocol, peer = await tcp_connection(loop)

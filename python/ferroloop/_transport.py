@@ -51,6 +51,9 @@ def fast_accept(sock: socket.socket) -> Any:
 class SocketTransport(CoreTransport, transports.Transport):
     """A stream transport over a connected, non-blocking TCP or Unix socket."""
 
+    # A slot: every method the core serves reads it (instances keep their __dict__ too).
+    __slots__ = ("_core",)
+
     # loop.sendfile may use os.sendfile on the socket; loop.start_tls may wrap it in TLS.
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True

@@ -7,13 +7,13 @@
 //! second one made CPython give the instance a dictionary of its own: ~460 bytes for every
 //! connection that called, say, `write` and `is_closing`, as every stream does.)
 //!
-//! Each method looks up the transport's `_core` and calls the core's method of the same
-//! name; `write`, the hot one, goes straight to the core's Rust implementation.
+//! Each method looks up the transport's `_core`; `write` and the methods without arguments
+//! call the core's Rust implementation, the others call the core's method of the same name.
 
 use pyo3::ffi;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
+use pyo3::{intern, IntoPyObjectExt};
 
 use crate::fastcall::{add_methods, guarded, write_to, Method, FASTCALL};
 use crate::transport::stream::StreamCore;
@@ -82,8 +82,81 @@ unsafe extern "C" fn write(
     })
 }
 
-/// Defines `$function`, a method that forwards to the core's method `$name`, and its
-/// table entry with the docstring `$doc` (signature line first).
+/// A table entry's C string from a literal.
+macro_rules! c_str {
+    ($text:expr) => {
+        match std::ffi::CStr::from_bytes_with_nul(concat!($text, "\0").as_bytes()) {
+            Ok(text) => text,
+            Err(_) => panic!("a NUL inside a method name or docstring"),
+        }
+    };
+}
+
+/// Defines the no-argument methods that call the core's Rust implementation directly (the
+/// ones protocols and `StreamWriter.drain` call per request), and their table.
+macro_rules! direct_methods {
+    ($($function:ident => $name:literal, $doc:literal, |$core:ident| $body:expr;)+) => {
+        $(
+            unsafe extern "C" fn $function(
+                slf: *mut ffi::PyObject,
+                _unused: *mut ffi::PyObject,
+            ) -> *mut ffi::PyObject {
+                guarded("SocketTransport", $name, |py| {
+                    let $core = core_of(py, slf)?.cast_into::<StreamCore>()?;
+                    $body.into_bound_py_any(py)
+                })
+            }
+        )+
+
+        const DIRECT: &[Method] = &[$(
+            Method {
+                name: c_str!($name),
+                function: ffi::PyMethodDefPointer { PyCFunction: $function },
+                flags: ffi::METH_NOARGS,
+                doc: c_str!($doc),
+            },
+        )+];
+    };
+}
+
+direct_methods! {
+    write_eof => "write_eof",
+        "write_eof($self, /)\n--\n\nClose the write side once queued data is sent (half-close).",
+        |core| StreamCore::write_eof(&core)?;
+    can_write_eof => "can_write_eof",
+        "can_write_eof($self, /)\n--\n\nTrue: stream sockets can half-close.",
+        |core| core.get().can_write_eof();
+    close => "close",
+        "close($self, /)\n--\n\nClose: stop reading, send what is queued, then `connection_lost(None)`.",
+        |core| StreamCore::close(&core)?;
+    abort => "abort",
+        "abort($self, /)\n--\n\nClose at once, dropping queued data.",
+        |core| StreamCore::abort(&core)?;
+    is_closing => "is_closing",
+        "is_closing($self, /)\n--\n\nTrue once the transport is closing or closed.",
+        |core| core.get().is_closing();
+    is_reading => "is_reading",
+        "is_reading($self, /)\n--\n\nTrue while the protocol is given the data that arrives.",
+        |core| core.get().is_reading();
+    pause_reading => "pause_reading",
+        "pause_reading($self, /)\n--\n\nStop calling the protocol with data until `resume_reading()`.",
+        |core| StreamCore::pause_reading(&core);
+    resume_reading => "resume_reading",
+        "resume_reading($self, /)\n--\n\nResume delivering data after `pause_reading()`.",
+        |core| StreamCore::resume_reading(&core)?;
+    get_write_buffer_limits => "get_write_buffer_limits",
+        "get_write_buffer_limits($self, /)\n--\n\nThe (low, high) water marks of the write buffer.",
+        |core| core.get().get_write_buffer_limits();
+    get_write_buffer_size => "get_write_buffer_size",
+        "get_write_buffer_size($self, /)\n--\n\nBytes queued and not yet sent.",
+        |core| core.get().get_write_buffer_size();
+    get_protocol => "get_protocol",
+        "get_protocol($self, /)\n--\n\nThe current protocol.",
+        |core| core.get().get_protocol(core.py());
+}
+
+/// Defines the methods with arguments, which forward their call to the core's method of
+/// the same name (that method parses them), and their table.
 macro_rules! forwarding_methods {
     ($($function:ident => $name:literal, $doc:literal;)+) => {
         $(
@@ -97,76 +170,43 @@ macro_rules! forwarding_methods {
             }
         )+
 
-        const METHODS: &[Method] = &[
+        const FORWARDED: &[Method] = &[$(
             Method {
-                name: c"write",
-                function: ffi::PyMethodDefPointer {
-                    PyCFunctionFastWithKeywords: write,
-                },
+                name: c_str!($name),
+                function: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: $function },
                 flags: FASTCALL,
-                doc: c"write($self, data)\n--\n\n\
-                      Write `data` (bytes-like) without blocking; what the socket does not \
-                      take is queued.",
+                doc: c_str!($doc),
             },
-            $(
-                Method {
-                    name: match std::ffi::CStr::from_bytes_with_nul(
-                        concat!($name, "\0").as_bytes(),
-                    ) {
-                        Ok(name) => name,
-                        Err(_) => panic!("method name with a NUL"),
-                    },
-                    function: ffi::PyMethodDefPointer {
-                        PyCFunctionFastWithKeywords: $function,
-                    },
-                    flags: FASTCALL,
-                    doc: match std::ffi::CStr::from_bytes_with_nul(
-                        concat!($doc, "\0").as_bytes(),
-                    ) {
-                        Ok(doc) => doc,
-                        Err(_) => panic!("docstring with a NUL"),
-                    },
-                },
-            )+
-        ];
+        )+];
     };
 }
 
 forwarding_methods! {
     writelines => "writelines",
         "writelines($self, list_of_data)\n--\n\nWrite each item of an iterable of bytes-like objects.";
-    write_eof => "write_eof",
-        "write_eof($self, /)\n--\n\nClose the write side once queued data is sent (half-close).";
-    can_write_eof => "can_write_eof",
-        "can_write_eof($self, /)\n--\n\nTrue: stream sockets can half-close.";
-    close => "close",
-        "close($self, /)\n--\n\nClose: stop reading, send what is queued, then `connection_lost(None)`.";
-    abort => "abort",
-        "abort($self, /)\n--\n\nClose at once, dropping queued data.";
-    is_closing => "is_closing",
-        "is_closing($self, /)\n--\n\nTrue once the transport is closing or closed.";
-    is_reading => "is_reading",
-        "is_reading($self, /)\n--\n\nTrue while the protocol is given the data that arrives.";
-    pause_reading => "pause_reading",
-        "pause_reading($self, /)\n--\n\nStop calling the protocol with data until `resume_reading()`.";
-    resume_reading => "resume_reading",
-        "resume_reading($self, /)\n--\n\nResume delivering data after `pause_reading()`.";
     set_write_buffer_limits => "set_write_buffer_limits",
         "set_write_buffer_limits($self, high=None, low=None)\n--\n\nSet the high and low water marks of the write buffer.";
-    get_write_buffer_limits => "get_write_buffer_limits",
-        "get_write_buffer_limits($self, /)\n--\n\nThe (low, high) water marks of the write buffer.";
-    get_write_buffer_size => "get_write_buffer_size",
-        "get_write_buffer_size($self, /)\n--\n\nBytes queued and not yet sent.";
-    get_protocol => "get_protocol",
-        "get_protocol($self, /)\n--\n\nThe current protocol.";
     set_protocol => "set_protocol",
         "set_protocol($self, protocol)\n--\n\nGive the data that arrives from now on to `protocol`.";
     force_close => "_force_close",
         "_force_close($self, exc=None)\n--\n\nClose at once because of `exc`.";
 }
 
+const WRITE: &[Method] = &[Method {
+    name: c"write",
+    function: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: write,
+    },
+    flags: FASTCALL,
+    doc: c"write($self, data)\n--\n\n\
+          Write `data` (bytes-like) without blocking; what the socket does not take is queued.",
+}];
+
 /// Installs the methods on `class` (`SocketTransport`, once, when `_transport` is imported).
 #[pyfunction]
 pub fn _install_stream_transport_methods(class: &Bound<'_, PyType>) -> PyResult<()> {
-    add_methods(class.py(), class, METHODS)
+    for methods in [WRITE, DIRECT, FORWARDED] {
+        add_methods(class.py(), class, methods)?;
+    }
+    Ok(())
 }

@@ -725,7 +725,7 @@ impl StreamCore {
     }
 
     /// Close the write side once queued data is sent (half-close).
-    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let now = {
             let mut state = slf.get().state();
             if state.closing || state.eof_requested {
@@ -740,12 +740,12 @@ impl StreamCore {
         Ok(())
     }
 
-    fn can_write_eof(&self) -> bool {
+    pub(crate) fn can_write_eof(&self) -> bool {
         true
     }
 
     /// Close: stop reading, send what is queued, then `connection_lost(None)`.
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let loop_ = {
             let mut state = slf.get().state();
@@ -763,11 +763,11 @@ impl StreamCore {
     }
 
     /// Close at once, dropping queued data.
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::force_close(slf, None)
     }
 
-    fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.state().closing
     }
 
@@ -790,13 +790,13 @@ impl StreamCore {
         self.state().drain_waiter = true;
     }
 
-    fn is_reading(&self) -> bool {
+    pub(crate) fn is_reading(&self) -> bool {
         let state = self.state();
         !state.reading_paused && !state.closing
     }
 
     /// Stop calling the protocol with data until `resume_reading()`.
-    fn pause_reading(slf: &Bound<'_, Self>) {
+    pub(crate) fn pause_reading(slf: &Bound<'_, Self>) {
         {
             let mut state = slf.get().state();
             if state.closing || state.reading_paused {
@@ -808,7 +808,7 @@ impl StreamCore {
     }
 
     /// Resume delivering data after `pause_reading()`.
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         {
             let mut state = slf.get().state();
             if state.closing || !state.reading_paused {
@@ -843,16 +843,16 @@ impl StreamCore {
         Self::maybe_pause_protocol(slf)
     }
 
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
+    pub(crate) fn get_write_buffer_limits(&self) -> (usize, usize) {
         let state = self.state();
         (state.low_water, state.high_water)
     }
 
-    fn get_write_buffer_size(&self) -> usize {
+    pub(crate) fn get_write_buffer_size(&self) -> usize {
         self.state().queued
     }
 
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    pub(crate) fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state()
             .protocol
             .as_ref()
