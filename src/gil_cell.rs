@@ -49,6 +49,11 @@ mod imp {
             }
             Some(GilGuard { cell: self })
         }
+
+        /// The value, through exclusive access (no borrow can be outstanding).
+        pub fn get_mut(&mut self) -> &mut T {
+            self.value.get_mut()
+        }
     }
 
     pub struct GilGuard<'a, T> {
@@ -97,6 +102,12 @@ mod imp {
 
         pub fn try_lock(&self) -> Option<GilGuard<'_, T>> {
             self.0.try_lock().ok()
+        }
+
+        pub fn get_mut(&mut self) -> &mut T {
+            self.0
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
         }
     }
 }

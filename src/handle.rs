@@ -204,13 +204,40 @@ impl Handle {
 /// stays alive meanwhile, as it must.) `leave_queue` puts it back in view if anyone else
 /// still holds it once the loop lets go, so cycles through it are collected as before.
 ///
-/// The context copy stays in view: CPython's `Context` deallocator unlinks it from the
-/// collector's list unconditionally, which an untracked object would crash.
+/// A context only this handle holds (the copy `call_soon` made) is hidden with it: it is
+/// most of what young collections traverse on a busy loop. It is put back in view before
+/// the handle can let go of it (`leave_queue`, or the handle's `Drop`), because CPython's
+/// `Context` deallocator unlinks it from the collector's list unconditionally, which an
+/// untracked object would crash.
 pub(crate) fn hide_while_queued(handle: &Bound<'_, Handle>) {
     // SAFETY: attached; `handle` is a live GC object the caller just created. Untracking
     // is always allowed (it only forgoes cycle detection), and PyO3's deallocator untracks
-    // through `PyObject_GC_UnTrack`, which accepts an untracked object.
-    unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
+    // through `PyObject_GC_UnTrack`, which accepts an untracked object. The context is
+    // hidden only while the handle is its one holder, and tracked again before the
+    // handle drops it (`show_context`).
+    unsafe {
+        ffi::PyObject_GC_UnTrack(handle.as_ptr().cast());
+        if let Some(slots) = handle.get().slots.try_lock() {
+            if let Some(context) = &slots.context {
+                if ffi::Py_REFCNT(context.as_ptr()) == 1 {
+                    ffi::PyObject_GC_UnTrack(context.as_ptr().cast());
+                }
+            }
+        }
+    }
+}
+
+/// Puts a context hidden by `hide_while_queued` back in the collector's view.
+fn show_context(context: &Py<PyAny>) {
+    let ptr = context.as_ptr();
+    // SAFETY: the caller holds a reference to `ptr` and is attached (a handle's holders
+    // run attached: the loop, and the handle's deallocator). Tracking only an untracked
+    // object is what CPython requires.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(ptr) == 0 {
+            ffi::PyObject_GC_Track(ptr.cast());
+        }
+    }
 }
 
 /// The loop drops its reference to a handle that left the ready queue or the timer heap.
@@ -219,10 +246,24 @@ pub(crate) fn leave_queue(py: Python<'_>, handle: Py<Handle>) {
     let ptr = handle.as_ptr();
     // SAFETY: attached; `ptr` is live (`handle` holds it until the end of this function).
     // Tracking is restored only on an untracked object, as CPython requires, and only
-    // when another holder remains: a handle about to be freed needs none.
+    // when another holder remains: a handle about to be freed needs none (its `Drop`
+    // shows its context).
     unsafe {
         if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
             ffi::PyObject_GC_Track(ptr.cast());
+            if let Some(slots) = handle.get().slots.try_lock() {
+                if let Some(context) = &slots.context {
+                    show_context(context);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(context) = &self.slots.get_mut().context {
+            show_context(context);
         }
     }
 }
@@ -352,6 +393,9 @@ impl Handle {
     fn __clear__(&self) {
         let taken = {
             let mut slots = self.slots.lock();
+            if let Some(context) = &slots.context {
+                show_context(context);
+            }
             (slots.call.take(), slots.context.take())
         };
         drop(taken);

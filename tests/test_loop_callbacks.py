@@ -391,6 +391,86 @@ def test_cycle_through_the_context_copied_for_a_handle_is_collected(loop, method
     assert ref() is None
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "call_soon_threadsafe"])
+@pytest.mark.parametrize("handle_kept", [False, True])
+def test_a_handles_context_taken_while_queued_stays_in_the_collectors_view(
+    loop, method, handle_kept
+):
+    # ferroloop hides a queued handle's own context copy from the collector; whoever takes
+    # the context out must get an ordinary, tracked object back once the handle is done.
+    seen = []
+    delay = (0,) if method == "call_later" else ()
+    handle = getattr(loop, method)(*delay, lambda: seen.append(var.get()))
+    context = handle._context  # get_context() is new in 3.12
+    context.run(var.set, "set in the handle's context")
+    if not handle_kept:
+        del handle
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert seen == ["set in the handle's context"]
+    assert gc.is_tracked(context)
+    assert context.run(var.get) == "set in the handle's context"
+    # The context still collects cycles through it.
+    ref = weakref.ref(holder := HoldsItsHandles())
+    context.run(var.set, holder)
+    holder.context = context
+    del context, holder
+    if handle_kept:
+        del handle
+    gc.collect()
+    assert ref() is None
+
+
+def test_collections_while_handles_wait_and_run_keep_their_contexts_intact(loop):
+    # Garbage collections from inside callbacks, while thousands of handles (and their
+    # contexts) wait in the ready queue and the timer heap, break nothing.
+    order = []
+
+    def step(i):
+        order.append((i, var.get()))
+        if i % 500 == 0:
+            gc.collect()
+
+    for i in range(2000):
+        context = contextvars.copy_context()
+        context.run(var.set, f"v{i}")
+        if i % 2:
+            loop.call_soon(step, i, context=context)
+        else:
+            loop.call_later(0, step, i, context=context)
+        del context
+    for i in range(2000, 3000):
+        var_token = var.set(f"v{i}")
+        loop.call_soon(step, i)  # runs in a copy of the current context
+        var.reset(var_token)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert sorted(order) == sorted((i, f"v{i}") for i in range(3000))
+    gc.collect()
+
+
+@pytest.mark.parametrize("scheduled", ["call_soon", "call_later", "cancelled timer"])
+def test_a_loop_closed_with_handles_still_queued_frees_them_and_their_contexts(
+    loop_factory, scheduled
+):
+    lp = loop_factory()
+    refs = []
+    for _ in range(100):
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        if scheduled == "call_soon":
+            handle = lp.call_soon(lambda p: None, payload)
+        else:
+            handle = lp.call_later(3600, lambda p: None, payload)
+        handle._context.run(var.set, payload)
+        if scheduled == "cancelled timer":
+            handle.cancel()
+        del handle, payload
+    gc.collect()
+    lp.close()
+    del lp
+    gc.collect()
+    assert [ref for ref in refs if ref() is not None] == []
+
+
 def test_closed_loop_can_be_garbage_collected(loop_factory):
     lp = loop_factory()
     lp.call_soon(lp.stop)
