@@ -34,7 +34,8 @@ use crate::clock;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handle::{
-    closed_loop_error, hide_while_queued, leave_queue, lock, Handle, TimerHandle, TimerState,
+    closed_loop_error, hide_while_queued, leave_queue, lock, show_handle, Handle, TimerHandle,
+    TimerState,
 };
 use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
 use crate::timers::TimerHeap;
@@ -477,6 +478,7 @@ impl LoopCore {
         let fd = fileobj_to_fd(fileobj)?;
         self.check_closed()?;
         let handle = self.make_handle(py, callback, args, None, false)?;
+        show_handle(handle.bind(py));
         let installed = handle.clone_ref(py);
         let outcome = {
             let mut state = self.state.lock();

@@ -48,7 +48,19 @@ struct Slots {
 }
 
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or a reader/writer.
-#[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
+///
+/// Freed handles are kept for reuse (`freelist`), as uvloop's are: a busy loop makes and
+/// frees one per callback, and an allocation that skips the collector's allocator also
+/// leaves its young-generation count alone, so bursts of wake-ups (a thousand connections
+/// ready at once) no longer set off collections. A reused handle starts untracked, which
+/// is how the loop wants a queued one; `show_handle` tracks the others.
+#[pyclass(
+    subclass,
+    frozen,
+    weakref,
+    freelist = 1024,
+    module = "ferroloop._ferroloop"
+)]
 pub struct Handle {
     slots: GilCell<Slots>,
     cancelled: AtomicBool,
@@ -227,9 +239,19 @@ pub(crate) fn hide_while_queued(handle: &Bound<'_, Handle>) {
     }
 }
 
+/// Puts a handle that is not queued (a reader or writer) in the collector's view: one
+/// reused from the free list starts out of it.
+pub(crate) fn show_handle(handle: &Bound<'_, Handle>) {
+    show(handle.as_any().as_unbound());
+}
+
 /// Puts a context hidden by `hide_while_queued` back in the collector's view.
 fn show_context(context: &Py<PyAny>) {
-    let ptr = context.as_ptr();
+    show(context);
+}
+
+fn show(object: &Py<PyAny>) {
+    let ptr = object.as_ptr();
     // SAFETY: the caller holds a reference to `ptr` and is attached (a handle's holders
     // run attached: the loop, and the handle's deallocator). Tracking only an untracked
     // object is what CPython requires.
@@ -404,7 +426,9 @@ impl Handle {
 
 /// A callback scheduled for a deadline on the loop clock (`call_later`, `call_at`).
 /// Its state lives in the base `Handle`; this class adds the timer's methods.
-#[pyclass(extends = Handle, frozen, module = "ferroloop._ferroloop")]
+/// It has its own free list: a subclass would otherwise inherit `Handle`'s `tp_free` and
+/// put timers in the free list of plain handles.
+#[pyclass(extends = Handle, frozen, freelist = 256, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
 
 /// The deadline of a `TimerHandle` (only the loop creates them, always with a deadline).

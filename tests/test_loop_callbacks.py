@@ -4,6 +4,7 @@ import asyncio
 import contextvars
 import functools
 import gc
+import socket
 import sys
 import threading
 import time
@@ -469,6 +470,70 @@ def test_a_loop_closed_with_handles_still_queued_frees_them_and_their_contexts(
     del lp
     gc.collect()
     assert [ref for ref in refs if ref() is not None] == []
+
+
+def run_a_burst_of_handles(loop, n=3000):
+    """Makes and frees many handles and timers (ferroloop keeps freed ones for reuse)."""
+    for _ in range(n):
+        loop.call_soon(int)
+    for _ in range(n // 10):
+        loop.call_later(0, int)
+    loop.run_until_complete(asyncio.sleep(0.01))
+
+
+def test_weak_references_to_finished_handles_stay_dead_while_new_ones_are_made(loop):
+    refs = [weakref.ref(loop.call_soon(int)) for _ in range(100)]
+    refs += [weakref.ref(loop.call_later(0, int)) for _ in range(100)]
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert all(ref() is None for ref in refs)
+    fresh = [loop.call_soon(int) for _ in range(300)]
+    fresh += [loop.call_later(0, int) for _ in range(300)]
+    assert all(ref() is None for ref in refs)
+    assert all(not handle.cancelled() for handle in fresh)
+    assert all(weakref.ref(handle)() is handle for handle in fresh)
+    loop.run_until_complete(asyncio.sleep(0.01))
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+def test_handles_made_after_a_burst_still_collect_the_cycles_they_are_in(loop, method):
+    run_a_burst_of_handles(loop)
+    holder = HoldsItsHandles()
+    ref = weakref.ref(holder)
+    delay = (0,) if method == "call_later" else ()
+    holder.handle = getattr(loop, method)(*delay, holder.tick)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert gc.is_tracked(holder.handle)
+    del holder
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_reader_made_after_a_burst_is_in_the_collectors_view(loop):
+    run_a_burst_of_handles(loop)
+    rsock, wsock = socket.socketpair()
+    try:
+        got = []
+
+        def on_readable():
+            got.append(rsock.recv(10))
+
+        def handles_referring_to_the_callback():
+            # Only objects in the collector's view are referrers.
+            referrers = gc.get_referrers(on_readable)
+            return [type(obj).__name__ for obj in referrers if hasattr(obj, "cancel")]
+
+        # The loop holds the reader's handle; the collector must see it (and what it holds)
+        # from the start, and after it ran.
+        loop.add_reader(rsock, on_readable)
+        assert handles_referring_to_the_callback() == ["Handle"]
+        wsock.send(b"ping")
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert got == [b"ping"]
+        assert handles_referring_to_the_callback() == ["Handle"]
+        assert loop.remove_reader(rsock)
+    finally:
+        rsock.close()
+        wsock.close()
 
 
 def test_closed_loop_can_be_garbage_collected(loop_factory):
