@@ -137,6 +137,147 @@ def test_unconnected_endpoints_talk_with_sendto(loop):
     run(loop, main())
 
 
+def test_addresses_follow_each_sender_and_each_destination_form(loop):
+    # Several peers in turn, and several forms of the same address: the tuple received, a new
+    # equal tuple, a host name, a bytes host.
+    async def main():
+        hub, hub_protocol = await loop.create_datagram_endpoint(
+            recorder, local_addr=("127.0.0.1", 0)
+        )
+        peers = [
+            await loop.create_datagram_endpoint(recorder, local_addr=("127.0.0.1", 0))
+            for _ in range(3)
+        ]
+        hub_address = hub.get_extra_info("sockname")
+        for round_ in range(3):
+            for i, (peer, _) in enumerate(peers):
+                peer.sendto(b"%d:%d" % (round_, i), hub_address)
+            await hub_protocol.received(3 * (round_ + 1))
+        got = hub_protocol.datagrams
+        names = [peer.get_extra_info("sockname") for peer, _ in peers]
+        assert got == [(b"%d:%d" % (r, i), names[i]) for r in range(3) for i in range(3)]
+        assert all(type(addr) is tuple and type(addr[0]) is str for _, addr in got)
+        assert all(type(addr[1]) is int for _, addr in got)
+
+        first_protocol, port = peers[0][1], names[0][1]
+        hub.sendto(b"received tuple", got[0][1])
+        hub.sendto(b"equal tuple", ("127.0.0.1", port))
+        hub.sendto(b"host name", ("localhost", port))
+        hub.sendto(b"bytes host", (b"127.0.0.1", port))
+        assert [data for data, _ in await first_protocol.received(4)] == [
+            b"received tuple",
+            b"equal tuple",
+            b"host name",
+            b"bytes host",
+        ]
+        assert {addr for _, addr in first_protocol.datagrams} == {hub_address}
+        for transport, protocol in [(hub, hub_protocol), *peers]:
+            await close_endpoint(transport, protocol)
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("address", ["in range", "port too large", "bool port"])
+def test_sendto_an_odd_address_behaves_as_on_the_stdlib(loop, stdlib_error, address):
+    def action(lp):
+        async def main():
+            sender, protocol = await lp.create_datagram_endpoint(
+                recorder, local_addr=("127.0.0.1", 0)
+            )
+            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receiver.bind(("127.0.0.1", 0))
+            port = receiver.getsockname()[1]
+            try:
+                if address == "in range":
+                    sender.sendto(b"x", ("127.0.0.1", port))
+                    await asyncio.sleep(0.05)
+                    receiver.setblocking(False)
+                    raise RuntimeError(receiver.recvfrom(10)[0])
+                if address == "port too large":
+                    sender.sendto(b"x", ("127.0.0.1", 70000))
+                else:
+                    sender.sendto(b"x", ("127.0.0.1", True))
+                await asyncio.sleep(0.05)
+                raise RuntimeError(protocol.events)
+            finally:
+                receiver.close()
+                sender.close()
+                await asyncio.sleep(0)
+
+        lp.run_until_complete(main())
+
+    expected = stdlib_error(action)
+    with pytest.raises(type(expected)) as info:
+        action(loop)
+    assert str(info.value) == str(expected)
+
+
+def test_sendto_errors_reach_error_received_as_on_the_stdlib(loop):
+    # No SO_BROADCAST: the kernel refuses the broadcast address (EACCES).
+    async def main():
+        sender, protocol = await loop.create_datagram_endpoint(
+            recorder, local_addr=("127.0.0.1", 0)
+        )
+        sender.sendto(b"x", ("255.255.255.255", 9))
+        await asyncio.sleep(0.05)
+        assert protocol.events == ["made", "error"]
+        [error] = protocol.errors
+        assert type(error) is PermissionError
+        assert error.errno == errno.EACCES
+        assert str(error) == f"[Errno {errno.EACCES}] {os.strerror(errno.EACCES)}"
+        await close_endpoint(sender, protocol)
+
+    run(loop, main())
+
+
+AUDITED_SENDS = """
+import asyncio, socket, sys
+events = []
+sys.addaudithook(lambda event, args: event == "socket.sendto" and events.append(args[1]))
+{setup}
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+async def main():
+    loop = asyncio.get_running_loop()
+    server, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    address = server.get_extra_info("sockname")
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.sendto(b"ping", address)
+    client.setblocking(False)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        try:
+            client.recv(10)
+            break
+        except BlockingIOError:
+            pass
+    server.sendto(b"to a tuple", ("127.0.0.1", client.getsockname()[1]))
+    await asyncio.sleep(0.05)
+    server.close()
+    print([addr == client.getsockname() for addr in events])
+{run}
+"""
+
+
+def test_sendto_raises_the_socket_sendto_audit_event(loop):
+    import subprocess
+
+    if loop_name(loop) == "asyncio":
+        setup, run_main = "", "asyncio.run(main())"
+    else:
+        setup, run_main = "import ferroloop", "ferroloop.run(main())"
+    script = AUDITED_SENDS.format(setup=setup, run=run_main)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    # The client's own send, the echo, the send to a new tuple.
+    assert out.stdout.strip() == "[False, True, True]"
+
+
 def test_empty_datagram_is_received(loop):
     async def main():
         server, sp = await loop.create_datagram_endpoint(recorder, local_addr=("127.0.0.1", 0))

@@ -11,7 +11,9 @@
 //! # Implementation notes
 //! The socket calls go through the socket object's own C methods (`recvfrom`, `send`,
 //! `sendto`), so every address family and address form works exactly as with `socket`;
-//! what is Rust is the dispatch around them. The fd is registered edge-triggered for the
+//! what is Rust is the dispatch around them. The exception is a plain AF_INET socket's
+//! `recvfrom` and `sendto` to an address in the form `socket` would give back, done in
+//! `inet4.rs` with the same results. The fd is registered edge-triggered for the
 //! transport's whole life.
 
 use std::collections::VecDeque;
@@ -26,6 +28,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
 use crate::transport::flow::{is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
+use crate::transport::inet4::{self, Inet4Outcome, PeerCache};
 use crate::transport::io::{close_socket, with_bytes};
 use crate::transport::IoTransport;
 
@@ -54,6 +57,8 @@ struct DatagramState {
     closing: bool,
     conn_lost: u32,
     registered: bool,
+    /// The last IPv4 addresses converted (only used when `DatagramCore::inet4`).
+    peers: PeerCache,
 }
 
 /// The Rust half of a datagram transport (see the module docs).
@@ -66,6 +71,8 @@ pub struct DatagramCore {
     header_size: usize,
     /// The socket itself is connected (it has a peer): `send`, not `sendto`.
     connected: bool,
+    /// A plain `socket.socket` of AF_INET: `inet4.rs` receives and sends.
+    inet4: bool,
     state: Mutex<DatagramState>,
 }
 
@@ -243,9 +250,27 @@ impl DatagramCore {
             if this.state().closing {
                 return Ok(());
             }
-            match classify(py, recvfrom.call1((MAX_DATAGRAM,)))? {
-                Outcome::Done(pair) => {
-                    let (data, addr): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
+            let outcome = if this.inet4 {
+                // Taken out of the state: signal handlers may run inside (EINTR).
+                let mut peers = std::mem::take(&mut this.state().peers);
+                let outcome = inet4::recvfrom(py, this.fd, &mut peers);
+                this.state().peers = peers;
+                match outcome? {
+                    Inet4Outcome::Done((data, addr)) => Outcome::Done((data.into_any(), addr)),
+                    Inet4Outcome::WouldBlock => Outcome::WouldBlock,
+                    Inet4Outcome::SocketError(err) => Outcome::SocketError(err),
+                }
+            } else {
+                match classify(py, recvfrom.call1((MAX_DATAGRAM,)))? {
+                    Outcome::Done(pair) => Outcome::Done(pair.extract()?),
+                    Outcome::WouldBlock => Outcome::WouldBlock,
+                    Outcome::SocketError(err) => Outcome::SocketError(err),
+                    Outcome::Fatal(err) => Outcome::Fatal(err),
+                }
+            };
+            match outcome {
+                Outcome::Done((data, addr)) => {
+                    let (data, addr): (Bound<'_, PyAny>, Bound<'_, PyAny>) = (data, addr);
                     if let Err(err) = datagram_received.call1(py, (data, addr)) {
                         if is_exit(py, &err) {
                             return Err(err);
@@ -271,12 +296,31 @@ impl DatagramCore {
 
     /// Sends one datagram now: to the connected peer, or to `addr`.
     fn send_now(
+        &self,
         py: Python<'_>,
         sock: &Py<PyAny>,
-        data: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyBytes>,
         addr: Option<&Py<PyAny>>,
-        connected: bool,
     ) -> PyResult<Outcome<()>> {
+        let connected = self.connected;
+        if let (true, false, Some(addr)) = (self.inet4, connected, addr) {
+            // Taken out of the state: signal handlers may run inside (EINTR).
+            let mut peers = std::mem::take(&mut self.state().peers);
+            let sent = inet4::sendto(
+                sock.bind(py),
+                self.fd,
+                data.as_bytes(),
+                addr.bind(py),
+                &mut peers,
+            );
+            self.state().peers = peers;
+            match sent? {
+                Some(Inet4Outcome::Done(())) => return Ok(Outcome::Done(())),
+                Some(Inet4Outcome::WouldBlock) => return Ok(Outcome::WouldBlock),
+                Some(Inet4Outcome::SocketError(err)) => return Ok(Outcome::SocketError(err)),
+                None => {}
+            }
+        }
         let result = match (connected, addr) {
             (true, _) | (false, None) => sock.call_method1(py, "send", (data,)),
             (false, Some(addr)) => sock.call_method1(py, "sendto", (data, addr)),
@@ -289,7 +333,7 @@ impl DatagramCore {
         let py = slf.py();
         let this = slf.get();
         loop {
-            let (sock, data, addr, connected) = {
+            let (sock, data, addr) = {
                 let mut state = this.state();
                 if state.conn_lost > 0 {
                     return Ok(());
@@ -301,9 +345,9 @@ impl DatagramCore {
                     return Ok(());
                 };
                 state.queued -= data.bind(py).as_bytes().len() + this.header_size;
-                (sock, data, addr, this.connected)
+                (sock, data, addr)
             };
-            match Self::send_now(py, &sock, data.bind(py).as_any(), addr.as_ref(), connected)? {
+            match this.send_now(py, &sock, data.bind(py), addr.as_ref())? {
                 Outcome::Done(()) => {}
                 Outcome::WouldBlock => {
                     let mut state = this.state();
@@ -393,6 +437,7 @@ impl DatagramCore {
             send_empty,
             header_size,
             connected,
+            inet4: inet4::applies(sock, fd)?,
             state: Mutex::new(DatagramState {
                 loop_: Some(loop_.clone().unbind()),
                 sock: Some(sock.clone().unbind()),
@@ -411,6 +456,7 @@ impl DatagramCore {
                 closing: false,
                 conn_lost: 0,
                 registered: false,
+                peers: PeerCache::default(),
             }),
         })
     }
@@ -480,7 +526,7 @@ impl DatagramCore {
         }
         if !queued_before {
             if let Some(sock) = &sock {
-                match Self::send_now(py, sock, data.as_any(), addr.as_ref(), this.connected)? {
+                match this.send_now(py, sock, &data, addr.as_ref())? {
                     Outcome::Done(()) => return Ok(()),
                     Outcome::WouldBlock => {}
                     Outcome::SocketError(err) => return Self::error_received(slf, err),

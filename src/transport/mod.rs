@@ -2,6 +2,7 @@
 
 pub mod datagram;
 pub mod flow;
+pub mod inet4;
 pub mod io;
 pub mod methods;
 pub mod pipe;

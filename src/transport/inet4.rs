@@ -1,0 +1,229 @@
+//! `recvfrom`/`sendto` of an AF_INET datagram socket, done here instead of through the
+//! socket object's methods. The results are the ones `socket.socket` gives (the same bytes,
+//! the same `(host, port)` tuple, the same `OSError`s), without CPython's 256 KiB
+//! allocation per `recvfrom`, its `inet_ntop` (a `sprintf`) per received address, and its
+//! argument parsing and `inet_pton` per `sendto`: an echo answers the tuple it was given,
+//! and a client sends to the same tuple again and again, so each side remembers the last
+//! address it converted.
+
+use std::ffi::{c_char, c_int};
+use std::mem::size_of;
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
+
+use crate::errors::os_error;
+use crate::transport::io::READ_BUFFER;
+
+extern "C" {
+    // CPython's audit hook entry point (not in pyo3-ffi); `socket.sendto` raises an event.
+    fn PySys_Audit(event: *const c_char, format: *const c_char, ...) -> c_int;
+}
+
+/// An IPv4 peer and the `(host, port)` tuple that names it.
+pub struct Peer {
+    ip: Ipv4Addr,
+    port: u16,
+    tuple: Py<PyAny>,
+}
+
+/// The last addresses a transport received from and sent to.
+#[derive(Default)]
+pub struct PeerCache {
+    received: Option<Peer>,
+    sent: Option<Peer>,
+}
+
+/// How a socket call went (`WouldBlock` and `EINTR` handled as `socket` does).
+pub enum Inet4Outcome<T> {
+    Done(T),
+    WouldBlock,
+    SocketError(PyErr),
+}
+
+/// Whether `fd` is an AF_INET datagram socket whose Python object is a plain
+/// `socket.socket` (a subclass may override `recvfrom`/`sendto`; it keeps those).
+pub fn applies(sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
+    let socket_type = sock.py().import("socket")?.getattr("socket")?;
+    if !sock.get_type().is(&socket_type) {
+        return Ok(false);
+    }
+    Ok(socket_option(fd, libc::SO_DOMAIN) == Some(libc::AF_INET)
+        && socket_option(fd, libc::SO_TYPE) == Some(libc::SOCK_DGRAM))
+}
+
+fn socket_option(fd: RawFd, name: c_int) -> Option<c_int> {
+    let mut value: c_int = 0;
+    let mut len = size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+/// Classifies a failed call: would-block, interrupted (signal handlers run, then retry:
+/// `None`), or an `OSError` for the protocol.
+fn failure<T>(py: Python<'_>) -> PyResult<Option<Inet4Outcome<T>>> {
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(Some(Inet4Outcome::WouldBlock)),
+        Some(libc::EINTR) => {
+            py.check_signals()?;
+            Ok(None)
+        }
+        _ => Ok(Some(Inet4Outcome::SocketError(os_error(py, err)))),
+    }
+}
+
+/// `sock.recvfrom(MAX)`: one datagram and its sender's `(host, port)`.
+pub fn recvfrom<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    cache: &mut PeerCache,
+) -> PyResult<Inet4Outcome<(Bound<'py, PyBytes>, Bound<'py, PyAny>)>> {
+    loop {
+        // SAFETY: all-zero is a valid sockaddr_in.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let received = READ_BUFFER.with_borrow_mut(|buf| {
+            // SAFETY: `buf` is writable for `buf.len()` bytes and `addr` for `len` bytes.
+            let n = unsafe {
+                libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut addr).cast(),
+                    &mut len,
+                )
+            };
+            (n >= 0).then(|| PyBytes::new(py, &buf[..n as usize]))
+        });
+        let Some(data) = received else {
+            match failure(py)? {
+                Some(outcome) => return Ok(outcome),
+                None => continue,
+            }
+        };
+        if len == 0 || c_int::from(addr.sin_family) != libc::AF_INET {
+            return Ok(Inet4Outcome::Done((data, py.None().into_bound(py))));
+        }
+        let ip = Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes());
+        let port = u16::from_be(addr.sin_port);
+        let tuple = match &cache.received {
+            Some(peer) if peer.ip == ip && peer.port == port => peer.tuple.bind(py).clone(),
+            _ => {
+                let tuple = PyTuple::new(
+                    py,
+                    [
+                        ip.to_string().into_pyobject(py)?.into_any(),
+                        port.into_pyobject(py)?.into_any(),
+                    ],
+                )?
+                .into_any();
+                cache.received = Some(Peer {
+                    ip,
+                    port,
+                    tuple: tuple.clone().unbind(),
+                });
+                tuple
+            }
+        };
+        return Ok(Inet4Outcome::Done((data, tuple)));
+    }
+}
+
+/// The IPv4 destination `addr` names, when it is a tuple this transport converted before or
+/// a plain `(str, int)` that `socket.sendto` would take as this very address (a dotted-quad
+/// host, a port in range); None sends through the socket object, which parses (or
+/// rejects) everything else.
+fn destination(addr: &Bound<'_, PyAny>, cache: &mut PeerCache) -> Option<(Ipv4Addr, u16)> {
+    for peer in [&cache.received, &cache.sent].into_iter().flatten() {
+        if peer.tuple.bind(addr.py()).is(addr) {
+            return Some((peer.ip, peer.port));
+        }
+    }
+    let tuple = addr.cast_exact::<PyTuple>().ok()?;
+    if tuple.len() != 2 {
+        return None;
+    }
+    let host = tuple.get_item(0).ok()?;
+    let port = tuple.get_item(1).ok()?;
+    let ip: Ipv4Addr = host
+        .cast_exact::<PyString>()
+        .ok()?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let port: u16 = port.cast_exact::<PyInt>().ok()?.extract().ok()?;
+    cache.sent = Some(Peer {
+        ip,
+        port,
+        tuple: addr.clone().unbind(),
+    });
+    Some((ip, port))
+}
+
+/// `sock.sendto(data, addr)`, or None when `addr` is for the socket object to parse.
+pub fn sendto(
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    data: &[u8],
+    addr: &Bound<'_, PyAny>,
+    cache: &mut PeerCache,
+) -> PyResult<Option<Inet4Outcome<()>>> {
+    let py = sock.py();
+    let Some((ip, port)) = destination(addr, cache) else {
+        return Ok(None);
+    };
+    // SAFETY: attached; the format names two object arguments, both live references.
+    let audited = unsafe {
+        PySys_Audit(
+            c"socket.sendto".as_ptr(),
+            c"OO".as_ptr(),
+            sock.as_ptr(),
+            addr.as_ptr(),
+        )
+    };
+    if audited < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let target = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    loop {
+        // SAFETY: `data` is readable for its length and `target` is a sockaddr_in of the
+        // size given.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                0,
+                (&raw const target).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if sent >= 0 {
+            return Ok(Some(Inet4Outcome::Done(())));
+        }
+        if let Some(outcome) = failure(py)? {
+            return Ok(Some(outcome));
+        }
+    }
+}
