@@ -226,7 +226,7 @@ pub(crate) fn hide_while_queued(handle: &Bound<'_, Handle>) {
     // is always allowed (it only forgoes cycle detection), and PyO3's deallocator untracks
     // through `PyObject_GC_UnTrack`, which accepts an untracked object. The context is
     // hidden only while the handle is its one holder, and tracked again before the
-    // handle drops it (`show_context`).
+    // handle drops it (`show`).
     unsafe {
         ffi::PyObject_GC_UnTrack(handle.as_ptr().cast());
         if let Some(slots) = handle.get().slots.try_lock() {
@@ -245,11 +245,8 @@ pub(crate) fn show_handle(handle: &Bound<'_, Handle>) {
     show(handle.as_any().as_unbound());
 }
 
-/// Puts a context hidden by `hide_while_queued` back in the collector's view.
-fn show_context(context: &Py<PyAny>) {
-    show(context);
-}
-
+/// Puts an object (a handle, or a context hidden by `hide_while_queued`) back in the
+/// collector's view.
 fn show(object: &Py<PyAny>) {
     let ptr = object.as_ptr();
     // SAFETY: the caller holds a reference to `ptr` and is attached (a handle's holders
@@ -275,7 +272,7 @@ pub(crate) fn leave_queue(py: Python<'_>, handle: Py<Handle>) {
             ffi::PyObject_GC_Track(ptr.cast());
             if let Some(slots) = handle.get().slots.try_lock() {
                 if let Some(context) = &slots.context {
-                    show_context(context);
+                    show(context);
                 }
             }
         }
@@ -285,7 +282,7 @@ pub(crate) fn leave_queue(py: Python<'_>, handle: Py<Handle>) {
 impl Drop for Handle {
     fn drop(&mut self) {
         if let Some(context) = &self.slots.get_mut().context {
-            show_context(context);
+            show(context);
         }
     }
 }
@@ -416,7 +413,7 @@ impl Handle {
         let taken = {
             let mut slots = self.slots.lock();
             if let Some(context) = &slots.context {
-                show_context(context);
+                show(context);
             }
             (slots.call.take(), slots.context.take())
         };

@@ -28,7 +28,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
 use crate::transport::flow::{is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
-use crate::transport::inet4::{self, Inet4Outcome, PeerCache};
+use crate::transport::inet4::{self, PeerCache};
 use crate::transport::io::{close_socket, with_bytes};
 use crate::transport::IoTransport;
 
@@ -81,7 +81,7 @@ fn would_block(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 /// How a socket call went.
-enum Outcome<T> {
+pub(crate) enum Outcome<T> {
     Done(T),
     WouldBlock,
     /// An OSError: the protocol's `error_received` gets it.
@@ -245,32 +245,33 @@ impl DatagramCore {
                 _ => return Ok(()),
             }
         };
-        let recvfrom = sock.bind(py).getattr("recvfrom")?;
+        // The socket object's method, unless `inet4.rs` receives.
+        let recvfrom = match this.inet4 {
+            true => None,
+            false => Some(sock.bind(py).getattr("recvfrom")?),
+        };
         for _ in 0..DATAGRAMS_PER_TURN {
             if this.state().closing {
                 return Ok(());
             }
-            let outcome = if this.inet4 {
-                // Taken out of the state: signal handlers may run inside (EINTR).
-                let mut peers = std::mem::take(&mut this.state().peers);
-                let outcome = inet4::recvfrom(py, this.fd, &mut peers);
-                this.state().peers = peers;
-                match outcome? {
-                    Inet4Outcome::Done((data, addr)) => Outcome::Done((data.into_any(), addr)),
-                    Inet4Outcome::WouldBlock => Outcome::WouldBlock,
-                    Inet4Outcome::SocketError(err) => Outcome::SocketError(err),
+            let outcome = match &recvfrom {
+                None => {
+                    // Taken out of the state: making the address tuple may run a collection,
+                    // and finalizers may use this transport.
+                    let mut peers = std::mem::take(&mut this.state().peers);
+                    let outcome = inet4::recvfrom(py, this.fd, &mut peers);
+                    this.state().peers = peers;
+                    outcome?
                 }
-            } else {
-                match classify(py, recvfrom.call1((MAX_DATAGRAM,)))? {
+                Some(recvfrom) => match classify(py, recvfrom.call1((MAX_DATAGRAM,)))? {
                     Outcome::Done(pair) => Outcome::Done(pair.extract()?),
                     Outcome::WouldBlock => Outcome::WouldBlock,
                     Outcome::SocketError(err) => Outcome::SocketError(err),
                     Outcome::Fatal(err) => Outcome::Fatal(err),
-                }
+                },
             };
             match outcome {
                 Outcome::Done((data, addr)) => {
-                    let (data, addr): (Bound<'_, PyAny>, Bound<'_, PyAny>) = (data, addr);
                     if let Err(err) = datagram_received.call1(py, (data, addr)) {
                         if is_exit(py, &err) {
                             return Err(err);
@@ -304,7 +305,7 @@ impl DatagramCore {
     ) -> PyResult<Outcome<()>> {
         let connected = self.connected;
         if let (true, false, Some(addr)) = (self.inet4, connected, addr) {
-            // Taken out of the state: signal handlers may run inside (EINTR).
+            // Taken out of the state: audit hooks run inside.
             let mut peers = std::mem::take(&mut self.state().peers);
             let sent = inet4::sendto(
                 sock.bind(py),
@@ -314,11 +315,8 @@ impl DatagramCore {
                 &mut peers,
             );
             self.state().peers = peers;
-            match sent? {
-                Some(Inet4Outcome::Done(())) => return Ok(Outcome::Done(())),
-                Some(Inet4Outcome::WouldBlock) => return Ok(Outcome::WouldBlock),
-                Some(Inet4Outcome::SocketError(err)) => return Ok(Outcome::SocketError(err)),
-                None => {}
+            if let Some(outcome) = sent? {
+                return Ok(outcome);
             }
         }
         let result = match (connected, addr) {

@@ -15,7 +15,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
 
 use crate::errors::os_error;
-use crate::transport::io::READ_BUFFER;
+use crate::transport::datagram::Outcome;
+use crate::transport::io::{retry_interrupted, READ_BUFFER};
 
 extern "C" {
     // CPython's audit hook entry point (not in pyo3-ffi); `socket.sendto` raises an event.
@@ -34,13 +35,6 @@ pub struct Peer {
 pub struct PeerCache {
     received: Option<Peer>,
     sent: Option<Peer>,
-}
-
-/// How a socket call went (`WouldBlock` and `EINTR` handled as `socket` does).
-pub enum Inet4Outcome<T> {
-    Done(T),
-    WouldBlock,
-    SocketError(PyErr),
 }
 
 /// Whether `fd` is an AF_INET datagram socket whose Python object is a plain
@@ -70,17 +64,12 @@ fn socket_option(fd: RawFd, name: c_int) -> Option<c_int> {
     (rc == 0).then_some(value)
 }
 
-/// Classifies a failed call: would-block, interrupted (signal handlers run, then retry:
-/// `None`), or an `OSError` for the protocol.
-fn failure<T>(py: Python<'_>) -> PyResult<Option<Inet4Outcome<T>>> {
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EAGAIN) => Ok(Some(Inet4Outcome::WouldBlock)),
-        Some(libc::EINTR) => {
-            py.check_signals()?;
-            Ok(None)
-        }
-        _ => Ok(Some(Inet4Outcome::SocketError(os_error(py, err)))),
+/// A failed call as the transport reports it: would-block, or an `OSError` for the protocol.
+fn failed<T>(py: Python<'_>, err: std::io::Error) -> Outcome<T> {
+    if err.kind() == std::io::ErrorKind::WouldBlock {
+        Outcome::WouldBlock
+    } else {
+        Outcome::SocketError(os_error(py, err))
     }
 }
 
@@ -89,57 +78,46 @@ pub fn recvfrom<'py>(
     py: Python<'py>,
     fd: RawFd,
     cache: &mut PeerCache,
-) -> PyResult<Inet4Outcome<(Bound<'py, PyBytes>, Bound<'py, PyAny>)>> {
-    loop {
-        // SAFETY: all-zero is a valid sockaddr_in.
-        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let received = READ_BUFFER.with_borrow_mut(|buf| {
-            // SAFETY: `buf` is writable for `buf.len()` bytes and `addr` for `len` bytes.
-            let n = unsafe {
-                libc::recvfrom(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&raw mut addr).cast(),
-                    &mut len,
-                )
-            };
-            (n >= 0).then(|| PyBytes::new(py, &buf[..n as usize]))
-        });
-        let Some(data) = received else {
-            match failure(py)? {
-                Some(outcome) => return Ok(outcome),
-                None => continue,
-            }
-        };
-        if len == 0 || c_int::from(addr.sin_family) != libc::AF_INET {
-            return Ok(Inet4Outcome::Done((data, py.None().into_bound(py))));
-        }
-        let ip = Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes());
-        let port = u16::from_be(addr.sin_port);
-        let tuple = match &cache.received {
-            Some(peer) if peer.ip == ip && peer.port == port => peer.tuple.bind(py).clone(),
-            _ => {
-                let tuple = PyTuple::new(
-                    py,
-                    [
-                        ip.to_string().into_pyobject(py)?.into_any(),
-                        port.into_pyobject(py)?.into_any(),
-                    ],
-                )?
-                .into_any();
-                cache.received = Some(Peer {
-                    ip,
-                    port,
-                    tuple: tuple.clone().unbind(),
-                });
-                tuple
-            }
-        };
-        return Ok(Inet4Outcome::Done((data, tuple)));
+) -> PyResult<Outcome<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let received = READ_BUFFER.with_borrow_mut(|buf| {
+        // SAFETY: `buf` is writable for `buf.len()` bytes and `addr` for `len` bytes.
+        retry_interrupted(|| unsafe {
+            len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw mut addr).cast(),
+                &mut len,
+            )
+        })
+        .map(|n| PyBytes::new(py, &buf[..n]).into_any())
+    });
+    let data = match received {
+        Ok(data) => data,
+        Err(err) => return Ok(failed(py, err)),
+    };
+    if len == 0 || c_int::from(addr.sin_family) != libc::AF_INET {
+        return Ok(Outcome::Done((data, py.None().into_bound(py))));
     }
+    let ip = Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes());
+    let port = u16::from_be(addr.sin_port);
+    if let Some(peer) = &cache.received {
+        if peer.ip == ip && peer.port == port {
+            return Ok(Outcome::Done((data, peer.tuple.bind(py).clone())));
+        }
+    }
+    let tuple = (ip.to_string(), port).into_pyobject(py)?.into_any();
+    cache.received = Some(Peer {
+        ip,
+        port,
+        tuple: tuple.clone().unbind(),
+    });
+    Ok(Outcome::Done((data, tuple)))
 }
 
 /// The IPv4 destination `addr` names, when it is a tuple this transport converted before or
@@ -181,7 +159,7 @@ pub fn sendto(
     data: &[u8],
     addr: &Bound<'_, PyAny>,
     cache: &mut PeerCache,
-) -> PyResult<Option<Inet4Outcome<()>>> {
+) -> PyResult<Option<Outcome<()>>> {
     let py = sock.py();
     let Some((ip, port)) = destination(addr, cache) else {
         return Ok(None);
@@ -206,24 +184,20 @@ pub fn sendto(
         },
         sin_zero: [0; 8],
     };
-    loop {
-        // SAFETY: `data` is readable for its length and `target` is a sockaddr_in of the
-        // size given.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                data.as_ptr().cast(),
-                data.len(),
-                0,
-                (&raw const target).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if sent >= 0 {
-            return Ok(Some(Inet4Outcome::Done(())));
-        }
-        if let Some(outcome) = failure(py)? {
-            return Ok(Some(outcome));
-        }
-    }
+    // SAFETY: `data` is readable for its length and `target` is a sockaddr_in of the size
+    // given.
+    let sent = retry_interrupted(|| unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (&raw const target).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    });
+    Ok(Some(match sent {
+        Ok(_) => Outcome::Done(()),
+        Err(err) => failed(py, err),
+    }))
 }

@@ -65,20 +65,25 @@ pub fn read_into_two(fd: RawFd, first: &mut [u8], second: &mut [u8]) -> Received
 
 /// What a read syscall (`read` returning a count or -1 with errno) gave, made again while
 /// it is interrupted.
-fn retrying(mut read: impl FnMut() -> isize) -> Received {
+fn retrying(read: impl FnMut() -> isize) -> Received {
+    match retry_interrupted(read) {
+        Ok(0) => Received::Eof,
+        Ok(n) => Received::Data(n),
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Received::WouldBlock,
+        Err(err) => Received::Failed(err),
+    }
+}
+
+/// The count a syscall returned, or its errno; made again while it fails with EINTR.
+pub fn retry_interrupted(mut call: impl FnMut() -> isize) -> std::io::Result<usize> {
     loop {
-        let n = read();
-        if n > 0 {
-            return Received::Data(n as usize);
-        }
-        if n == 0 {
-            return Received::Eof;
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
         }
         let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Received::WouldBlock,
-            _ => return Received::Failed(err),
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
@@ -105,33 +110,24 @@ pub fn send_chunks<'a>(
     // SAFETY: the first `count` slots were written just above; iovec is plain data.
     let iov =
         unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<libc::iovec>(), count) };
-    loop {
-        // SAFETY: `iov` entries point into chunks that outlive the call; a zeroed msghdr
-        // is valid and points at `iov`. MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
-        let n = unsafe {
-            match kind {
-                // One chunk (the usual write): `send` spares the kernel copying in a msghdr
-                // and an iovec array.
-                Syscalls::Socket if count == 1 => {
-                    libc::send(fd, iov[0].iov_base, iov[0].iov_len, libc::MSG_NOSIGNAL)
-                }
-                Syscalls::Socket => {
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = iov.as_mut_ptr();
-                    msg.msg_iovlen = iov.len() as _;
-                    libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
-                }
-                Syscalls::File => libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int),
+    // SAFETY: `iov` entries point into chunks that outlive the call; a zeroed msghdr
+    // is valid and points at `iov`. MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
+    retry_interrupted(|| unsafe {
+        match kind {
+            // One chunk (the usual write): `send` spares the kernel copying in a msghdr
+            // and an iovec array.
+            Syscalls::Socket if count == 1 => {
+                libc::send(fd, iov[0].iov_base, iov[0].iov_len, libc::MSG_NOSIGNAL)
             }
-        };
-        if n >= 0 {
-            return Ok(n as usize);
+            Syscalls::Socket => {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = iov.len() as _;
+                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+            }
+            Syscalls::File => libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int),
         }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    })
 }
 
 /// The bytes of a bytes-like object (bytes, bytearray, memoryview), or the stdlib's error.
