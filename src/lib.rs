@@ -21,6 +21,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<transport::pipe::PipeCore>()?;
+    m.add_class::<transport::accept::Acceptor>()?;
     m.add_function(wrap_pyfunction!(
         transport::methods::_install_stream_transport_methods,
         m

@@ -4,6 +4,7 @@ import asyncio
 import errno
 import gc
 import json
+import os
 import socket
 import sys
 
@@ -479,3 +480,123 @@ def test_accept_survives_emfile(loop):
     assert result["errors_while_starved"] <= 20, "the accept loop spun while out of fds"
     assert result["serving"]
     assert result["accepted_all"]
+
+
+@pytest.mark.parametrize("default_timeout", [None, 3.0])
+def test_accepted_socket_is_the_one_socket_accept_gives(loop, default_timeout):
+    """The server side of a connection, whatever socket.getdefaulttimeout() says: a plain
+    socket.socket of the listener's family, type and protocol, non-blocking in the kernel
+    and for Python, not inheritable; its peer and local addresses are the client's."""
+    saved = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(default_timeout)
+
+    async def main():
+        capture = Capturing(loop, lambda: Recorder(loop))
+        server = await loop.create_server(capture, "127.0.0.1", 0)
+        with socket.create_connection(("127.0.0.1", port_of(server))) as client:
+            protocol = await capture.first()
+            transport = await protocol.made
+            sock = transport._sock  # both loops keep the socket here
+            assert type(sock) is socket.socket
+            assert (sock.family, sock.type, sock.proto) == (
+                socket.AF_INET,
+                socket.SOCK_STREAM,
+                socket.IPPROTO_TCP,
+            )
+            assert sock.gettimeout() == 0.0
+            assert not os.get_blocking(sock.fileno())
+            assert not sock.get_inheritable()
+            assert transport.get_extra_info("peername") == client.getsockname()
+            assert transport.get_extra_info("sockname") == client.getpeername()
+            transport.close()
+            await protocol.lost
+            assert transport.get_extra_info("sockname") == client.getpeername()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        run(loop, main())
+    finally:
+        socket.setdefaulttimeout(saved)
+
+
+def test_accepted_addresses_follow_each_connection(loop):
+    """Peers on two hosts and two local addresses of one wildcard listener, in turn: each
+    connection reports its own (the loop may reuse converted addresses)."""
+
+    async def main():
+        capture = Capturing(loop, lambda: Recorder(loop))
+        server = await loop.create_server(capture, "0.0.0.0", 0)
+        port = port_of(server)
+        clients = []
+        for source, target in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("127.0.0.2", "127.0.0.1"),
+            ("127.0.0.1", "127.0.0.3"),
+            ("127.0.0.2", "127.0.0.3"),
+            ("127.0.0.1", "127.0.0.1"),
+        ]:
+            client = socket.create_connection((target, port), source_address=(source, 0))
+            clients.append(client)
+            while len(capture.protocols) < len(clients):
+                await asyncio.sleep(0.005)
+            protocol = capture.protocols[-1]
+            transport = await protocol.made
+            assert transport.get_extra_info("peername") == client.getsockname()
+            assert transport.get_extra_info("sockname") == (target, port)
+            transport.close()
+            await protocol.lost
+            assert transport.get_extra_info("sockname") == (target, port)
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+AUDIT_SCRIPT = r"""
+import asyncio, json, socket, sys
+
+if sys.argv[1] == "ferroloop":
+    import ferroloop
+    loop = ferroloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+
+made = []
+sys.addaudithook(lambda event, args: made.append(args) if event == "socket.__new__" else None)
+
+
+async def main():
+    accepted = loop.create_future()
+
+    class Accepted(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.set_result(transport)
+
+    server = await loop.create_server(Accepted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    del made[:]
+    with socket.create_connection(("127.0.0.1", port)):
+        transport = await accepted
+        events = [
+            [family, kind & ~(socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC), proto]
+            for sock, family, kind, proto in made
+            if sock is transport._sock
+        ]
+        transport.close()
+    server.close()
+    await server.wait_closed()
+    return events
+
+
+print(json.dumps(loop.run_until_complete(main())))
+loop.close()
+"""
+
+
+def test_accepted_socket_raises_the_audit_event(loop):
+    """Audit hooks see the accepted socket made, as socket.accept() makes it."""
+    events = json.loads(run_script(AUDIT_SCRIPT, loop_name(loop)))
+    assert events == [[socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP]]

@@ -977,7 +977,7 @@ class ConnectionsMixin:
         """The listening socket is readable: accept what is queued, at most ``backlog``
         connections, so one busy listener cannot hold the loop."""
         debug = self.get_debug()
-        accept = fast_accept(sock)
+        accept, nonblocking = fast_accept(sock)
         for _ in range(backlog):
             try:
                 conn, addr = accept()
@@ -1014,6 +1014,7 @@ class ConnectionsMixin:
                 self._serve_accepted,
                 protocol_factory,
                 conn,
+                nonblocking,
                 {"peername": addr},
                 sslcontext,
                 server,
@@ -1025,16 +1026,19 @@ class ConnectionsMixin:
         self,
         protocol_factory: ProtocolFactory,
         conn: socket.socket,
+        nonblocking: bool,
         extra: dict[str, Any],
         sslcontext: Any,
         server: Server | None,
         ssl_handshake_timeout: float | None,
         ssl_shutdown_timeout: float | None,
     ) -> None:
-        """Give an accepted connection its protocol and transport."""
+        """Give an accepted connection its protocol and transport (``nonblocking``: the
+        socket already is)."""
         protocol = transport = None
         try:
-            conn.setblocking(False)
+            if not nonblocking:
+                conn.setblocking(False)
             protocol = protocol_factory()
             if sslcontext:
                 waiter = self.create_future()

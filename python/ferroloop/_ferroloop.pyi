@@ -11,6 +11,7 @@ from _typeshed import FileDescriptorLike
 from typing_extensions import TypeVarTuple, Unpack, disjoint_base
 
 __all__ = [
+    "Acceptor",
     "DatagramCore",
     "Handle",
     "LoopCore",
@@ -233,5 +234,13 @@ class PipeCore:
     def _force_close(self, exc: BaseException | None = None) -> None: ...
     def _call_connection_lost(self, exc: BaseException | None = None) -> None: ...
     def _describe(self) -> tuple[int, bool, bool, bool, int]: ...
+
+@final
+class Acceptor:
+    """``listener.accept()`` of an AF_INET stream ``socket.socket``, giving non-blocking
+    sockets (``ferroloop._transport.fast_accept``)."""
+
+    def __new__(cls, listener: socket.socket, kind: int, proto: int) -> Acceptor: ...
+    def accept(self) -> tuple[socket.socket, tuple[str, int] | None]: ...
 
 def _install_stream_transport_methods(cls: type) -> None: ...

@@ -16,24 +16,30 @@ from asyncio import constants, futures, transports, trsock
 from typing import Any
 
 from ._core_transport import CoreTransport
-from ._ferroloop import StreamCore, _install_stream_transport_methods
+from ._ferroloop import Acceptor, StreamCore, _install_stream_transport_methods
 
 # The C-level attributes: ``socket.socket.family`` and ``.type`` are properties that build
 # an enum member on every read, which costs more than the rest of a transport's set-up.
 _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
 _TCP_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6))
+_AF_INET = socket.AF_INET
 _SOCK_STREAM = socket.SOCK_STREAM
 _IPPROTO_TCP = socket.IPPROTO_TCP
 _TCP_NODELAY = socket.TCP_NODELAY
 
 
-def fast_accept(sock: socket.socket) -> Any:
-    """``sock.accept`` without its two enum look-ups per connection: the accepted socket
+def fast_accept(sock: socket.socket) -> tuple[Any, bool]:
+    """``sock.accept`` without its Python frames, and whether the sockets it hands out are
+    already non-blocking. An AF_INET stream listener gets the Rust ``Acceptor`` (accept4
+    with SOCK_NONBLOCK, the peer's address converted there); other plain sockets skip
+    ``socket.accept``'s two enum look-ups per connection. Either way the accepted socket
     gets the listener's family, type and protocol, as ``socket.accept`` gives it."""
     if type(sock) is not socket.socket:
-        return sock.accept  # a subclass or a stand-in may define its own
+        return sock.accept, False  # a subclass or a stand-in may define its own
     family, kind, proto = _raw_family(sock), _raw_type(sock), sock.proto
+    if family == _AF_INET and kind == _SOCK_STREAM:
+        return Acceptor(sock, kind, proto).accept, True
     accept_fd = sock._accept
     make = socket.socket
 
@@ -45,7 +51,7 @@ def fast_accept(sock: socket.socket) -> Any:
             conn.setblocking(True)
         return conn, address
 
-    return accept
+    return accept, False
 
 
 class SocketTransport(CoreTransport, transports.Transport):

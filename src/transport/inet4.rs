@@ -10,13 +10,14 @@ use std::ffi::{c_char, c_int};
 use std::mem::size_of;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
+use std::sync::{Mutex, PoisonError};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
 
 use crate::errors::os_error;
 use crate::transport::datagram::Outcome;
-use crate::transport::io::{retry_interrupted, READ_BUFFER};
+use crate::transport::io::{retry_interrupted, socket_class, READ_BUFFER};
 
 extern "C" {
     // CPython's audit hook entry point (not in pyo3-ffi); `socket.sendto` raises an event.
@@ -40,8 +41,7 @@ pub struct PeerCache {
 /// Whether `fd` is an AF_INET datagram socket whose Python object is a plain
 /// `socket.socket` (a subclass may override `recvfrom`/`sendto`; it keeps those).
 pub fn applies(sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
-    let socket_type = sock.py().import("socket")?.getattr("socket")?;
-    if !sock.get_type().is(&socket_type) {
+    if !sock.get_type().is(socket_class(sock.py())?) {
         return Ok(false);
     }
     Ok(socket_option(fd, libc::SO_DOMAIN) == Some(libc::AF_INET)
@@ -62,6 +62,61 @@ fn socket_option(fd: RawFd, name: c_int) -> Option<c_int> {
         )
     };
     (rc == 0).then_some(value)
+}
+
+/// The last host converted to text, and its text: a server's peers, and its own address,
+/// are mostly the same few hosts, and `str(ip)` is most of the cost of an address.
+static LAST_HOST: Mutex<Option<(Ipv4Addr, Py<PyString>)>> = Mutex::new(None);
+
+/// The `(host, port)` tuple `socket` gives for an IPv4 address (the host as `inet_ntop`
+/// writes it, which is what `Ipv4Addr`'s `Display` writes).
+pub fn address(py: Python<'_>, ip: Ipv4Addr, port: u16) -> PyResult<Bound<'_, PyAny>> {
+    let host = {
+        let mut last = LAST_HOST.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some((known, host)) if *known == ip => host.bind(py).clone(),
+            _ => {
+                let host = PyString::new(py, &ip.to_string());
+                *last = Some((ip, host.clone().unbind()));
+                host
+            }
+        }
+    };
+    Ok((host, port).into_pyobject(py)?.into_any())
+}
+
+/// The last local address `sockname` converted: a server's connections share it.
+static LAST_SOCKNAME: Mutex<Option<Peer>> = Mutex::new(None);
+
+/// `sock.getsockname()` of an AF_INET socket: None (as the stdlib's transports keep) if it
+/// fails, and the tuple of the previous call when the address is the same.
+pub fn sockname(py: Python<'_>, fd: RawFd) -> PyResult<Py<PyAny>> {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut local: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `local` is writable for `len` bytes, which the kernel is told.
+    let rc = unsafe { libc::getsockname(fd, (&raw mut local).cast(), &mut len) };
+    if rc != 0
+        || (len as usize) < size_of::<libc::sockaddr_in>()
+        || c_int::from(local.sin_family) != libc::AF_INET
+    {
+        return Ok(py.None());
+    }
+    let ip = Ipv4Addr::from(local.sin_addr.s_addr.to_ne_bytes());
+    let port = u16::from_be(local.sin_port);
+    let mut last = LAST_SOCKNAME.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(peer) = &*last {
+        if peer.ip == ip && peer.port == port {
+            return Ok(peer.tuple.clone_ref(py));
+        }
+    }
+    let tuple = address(py, ip, port)?.unbind();
+    *last = Some(Peer {
+        ip,
+        port,
+        tuple: tuple.clone_ref(py),
+    });
+    Ok(tuple)
 }
 
 /// A failed call as the transport reports it: would-block, or an `OSError` for the protocol.
@@ -111,7 +166,7 @@ pub fn recvfrom<'py>(
             return Ok(Outcome::Done((data, peer.tuple.bind(py).clone())));
         }
     }
-    let tuple = (ip.to_string(), port).into_pyobject(py)?.into_any();
+    let tuple = address(py, ip, port)?;
     cache.received = Some(Peer {
         ip,
         port,

@@ -8,7 +8,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 
 /// How much one read takes at most (the stdlib's `max_size`).
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -154,17 +154,35 @@ pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyR
     )))
 }
 
+/// `socket.socket`: the class whose instances the loop may work on directly (a subclass may
+/// override any method, so it keeps them).
+pub fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static SOCKET_CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    SOCKET_CLASS.import(py, "socket", "socket")
+}
+
+/// The address family of a `socket.socket` as a plain int (`sock.family` would build an
+/// enum member).
+pub fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    static FAMILY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = sock.py();
+    let getter = FAMILY.get_or_try_init(py, || {
+        py.import("_socket")?
+            .getattr("socket")?
+            .getattr("family")?
+            .getattr("__get__")
+            .map(Bound::unbind)
+    })?;
+    getter.call1(py, (sock,))?.extract(py)
+}
+
 /// `sock.close()`. For an exact `socket.socket` it does what that method's two Python
 /// frames do, with C calls: mark the socket closed, then close the fd unless `makefile()`
 /// objects still use it. Anything else (a subclass, a stand-in) gets its own `close`.
 pub fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
-    static SOCKET_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static CLOSE_FD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = sock.py();
-    if !sock
-        .get_type()
-        .is(SOCKET_CLASS.import(py, "socket", "socket")?)
-    {
+    if !sock.get_type().is(socket_class(py)?) {
         return sock.call_method0(intern!(py, "close")).map(drop);
     }
     sock.setattr(intern!(py, "_closed"), true)?;

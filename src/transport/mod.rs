@@ -1,5 +1,6 @@
 //! Transports: the per-packet halves of asyncio transports, driven by the loop's poller.
 
+pub mod accept;
 pub mod datagram;
 pub mod flow;
 pub mod inet4;

@@ -35,10 +35,11 @@ use crate::transport::flow::{
     consume, is_exit, tell_protocol, water_marks, Chunk, DEFAULT_HIGH_WATER,
 };
 use crate::transport::io::{
-    close_socket, recv_into, send_chunks, with_bytes, Received, Syscalls, READ_CHUNK,
+    close_socket, recv_into, send_chunks, socket_class, socket_family, with_bytes, Received,
+    Syscalls, READ_CHUNK,
 };
 use crate::transport::recycle::{receive, recycle};
-use crate::transport::IoTransport;
+use crate::transport::{inet4, IoTransport};
 
 /// After this many writes to a lost connection, each further one logs a warning.
 const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
@@ -140,11 +141,16 @@ impl StreamCore {
         if let Some(known) = &slf.get().state().sockname {
             return Ok(known.clone_ref(py));
         }
-        let sockname = match sock.call_method0("getsockname") {
-            Ok(address) => address.unbind(),
-            Err(err) if err.is_instance_of::<PyOSError>(py) => py.None(),
-            Err(err) => return Err(err),
-        };
+        let sockname =
+            if sock.get_type().is(socket_class(py)?) && socket_family(sock)? == libc::AF_INET {
+                inet4::sockname(py, slf.get().fd)?
+            } else {
+                match sock.call_method0("getsockname") {
+                    Ok(address) => address.unbind(),
+                    Err(err) if err.is_instance_of::<PyOSError>(py) => py.None(),
+                    Err(err) => return Err(err),
+                }
+            };
         slf.get().state().sockname = Some(sockname.clone_ref(py));
         Ok(sockname)
     }

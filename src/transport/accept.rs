@@ -1,0 +1,126 @@
+//! Accepting connections on a plain AF_INET stream listener, done here instead of through
+//! `socket.accept()`.
+//!
+//! A server accepts every connection once, and `socket.accept()` pays for it in Python: the
+//! `accept` and `socket.__init__` frames, an `inet_ntop` (a `sprintf`) for the peer's
+//! address, and the `ioctl` that makes the socket non-blocking, which asyncio then asks
+//! for. `Acceptor` gives the same `(socket.socket, (host, port))` pair and the same
+//! `OSError`s, with the socket already non-blocking (`accept4` with `SOCK_NONBLOCK`, which
+//! `socket.socket` reads as a timeout of 0.0, as `setblocking(False)` leaves it).
+
+use std::mem::size_of;
+use std::net::Ipv4Addr;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+use crate::errors::os_error;
+use crate::transport::inet4;
+use crate::transport::io::retry_interrupted;
+
+/// `listener.accept()` (as `Acceptor.accept`) for a `socket.socket` listening on AF_INET with SOCK_STREAM (the
+/// loop's accept callback checks that before making one); the listener's own
+/// family, type and protocol go to every accepted socket, as `socket.accept` gives them.
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct Acceptor {
+    listener: Py<PyAny>,
+    kind: i32,
+    proto: i32,
+}
+
+/// `_socket.socket`'s own methods, called without the `socket.socket` layer.
+struct SocketApi {
+    class: Py<PyAny>,
+    fileno: Py<PyAny>,
+    init: Py<PyAny>,
+}
+
+fn socket_api(py: Python<'_>) -> PyResult<&'static SocketApi> {
+    static API: PyOnceLock<SocketApi> = PyOnceLock::new();
+    API.get_or_try_init(py, || {
+        let base = py.import("_socket")?.getattr("socket")?;
+        Ok(SocketApi {
+            class: py.import("socket")?.getattr("socket")?.unbind(),
+            fileno: base.getattr("fileno")?.unbind(),
+            init: base.getattr("__init__")?.unbind(),
+        })
+    })
+}
+
+#[pymethods]
+impl Acceptor {
+    #[new]
+    fn new(listener: Bound<'_, PyAny>, kind: i32, proto: i32) -> Self {
+        Self {
+            listener: listener.unbind(),
+            kind,
+            proto,
+        }
+    }
+
+    /// One connection: `(socket.socket, (host, port))`; raises what `socket.accept()`
+    /// raises (`BlockingIOError` when none is waiting).
+    fn accept<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let api = socket_api(py)?;
+        // Asked every time, as `socket.accept()` does: the listener may have been closed
+        // by the code that ran for the previous connection (then -1 gives EBADF).
+        let listener = self.listener.bind(py);
+        let fd: i32 = api.fileno.call1(py, (listener,))?.extract(py)?;
+        // SAFETY: all-zero is a valid sockaddr_in.
+        let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `peer` is writable for `len` bytes, which the kernel is told.
+        let accepted = retry_interrupted(|| unsafe {
+            len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            libc::accept4(
+                fd,
+                (&raw mut peer).cast(),
+                &mut len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            ) as isize
+        });
+        let conn_fd = accepted.map_err(|err| os_error(py, err))? as i32;
+        let conn = self.wrap(py, api, conn_fd)?;
+        let address = if len as usize >= size_of::<libc::sockaddr_in>()
+            && i32::from(peer.sin_family) == libc::AF_INET
+        {
+            let ip = Ipv4Addr::from(peer.sin_addr.s_addr.to_ne_bytes());
+            inet4::address(py, ip, u16::from_be(peer.sin_port))?
+        } else {
+            py.None().into_bound(py) // no address given, which CPython reports as None
+        };
+        Ok((conn, address))
+    }
+}
+
+impl Acceptor {
+    /// A `socket.socket` owning `fd`: what `socket.socket(family, type, proto, fd)` builds,
+    /// without its Python `__init__` frame (which sets exactly these two attributes).
+    fn wrap<'py>(&self, py: Python<'py>, api: &SocketApi, fd: i32) -> PyResult<Bound<'py, PyAny>> {
+        let class = api.class.bind(py);
+        let owned = class
+            .call_method1(intern!(py, "__new__"), (class,))
+            .and_then(|conn| {
+                let args = (
+                    &conn,
+                    libc::AF_INET,
+                    self.kind | libc::SOCK_NONBLOCK,
+                    self.proto,
+                    fd,
+                );
+                api.init.call1(py, args).map(|_| conn)
+            });
+        let conn = match owned {
+            Ok(conn) => conn,
+            Err(err) => {
+                // SAFETY: `fd` came from accept4 and no socket object took it.
+                unsafe { libc::close(fd) };
+                return Err(err);
+            }
+        };
+        conn.setattr(intern!(py, "_io_refs"), 0)?;
+        conn.setattr(intern!(py, "_closed"), false)?;
+        Ok(conn)
+    }
+}
