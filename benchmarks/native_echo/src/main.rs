@@ -164,7 +164,7 @@ fn main() -> io::Result<()> {
     let mut free: Vec<usize> = Vec::new();
     let (mut opens, mut closes) = (0, 0);
     let mut cpu_start = 0.0;
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![b'x'; BUF];
     let mut events = Events::with_capacity(1024);
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
