@@ -21,6 +21,7 @@ use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
@@ -195,8 +196,10 @@ impl DatagramCore {
         let py = slf.py();
         if let Some(loop_) = loop_ {
             let exc = exc.map(|e| e.into_value(py).into_any());
-            let callback = slf.getattr("_call_connection_lost")?;
-            loop_.bind(py).call_method1("call_soon", (callback, exc))?;
+            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            loop_
+                .bind(py)
+                .call_method1(intern!(py, "call_soon"), (callback, exc))?;
         }
         Ok(())
     }
@@ -320,8 +323,8 @@ impl DatagramCore {
             }
         }
         let result = match (connected, addr) {
-            (true, _) | (false, None) => sock.call_method1(py, "send", (data,)),
-            (false, Some(addr)) => sock.call_method1(py, "sendto", (data, addr)),
+            (true, _) | (false, None) => sock.call_method1(py, intern!(py, "send"), (data,)),
+            (false, Some(addr)) => sock.call_method1(py, intern!(py, "sendto"), (data, addr)),
         };
         classify(py, result.map(drop))
     }
@@ -426,7 +429,7 @@ impl DatagramCore {
         // 3.13 sends empty datagrams and counts an 8-byte header per queued one.
         let is_313 = sock.py().version_info() >= (3, 13);
         let (send_empty, header_size) = (is_313, if is_313 { 8 } else { 0 });
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let fd: RawFd = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
         }
@@ -441,8 +444,16 @@ impl DatagramCore {
                 sock: Some(sock.clone().unbind()),
                 transport: Some(transport.clone().unbind()),
                 protocol: Some(protocol.clone().unbind()),
-                datagram_received: Some(protocol.getattr("datagram_received")?.unbind()),
-                error_received: Some(protocol.getattr("error_received")?.unbind()),
+                datagram_received: Some(
+                    protocol
+                        .getattr(intern!(protocol.py(), "datagram_received"))?
+                        .unbind(),
+                ),
+                error_received: Some(
+                    protocol
+                        .getattr(intern!(protocol.py(), "error_received"))?
+                        .unbind(),
+                ),
                 address: address.filter(|a| !a.is_none()).map(|a| a.clone().unbind()),
                 queue: VecDeque::new(),
                 queued: 0,
@@ -608,8 +619,12 @@ impl DatagramCore {
     }
 
     fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let datagram_received = protocol.getattr("datagram_received")?.unbind();
-        let error_received = protocol.getattr("error_received")?.unbind();
+        let datagram_received = protocol
+            .getattr(intern!(protocol.py(), "datagram_received"))?
+            .unbind();
+        let error_received = protocol
+            .getattr(intern!(protocol.py(), "error_received"))?
+            .unbind();
         let old = {
             let mut state = self.state();
             (
@@ -630,7 +645,7 @@ impl DatagramCore {
         let protocol = this.state().protocol.as_ref().map(|p| p.clone_ref(py));
         let outcome = match protocol {
             Some(protocol) => protocol
-                .call_method1(py, "connection_lost", (exc,))
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
                 .map(drop),
             None => Ok(()),
         };

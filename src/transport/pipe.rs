@@ -18,6 +18,7 @@ use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyBrokenPipeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
@@ -131,8 +132,12 @@ impl PipeCore {
         let py = slf.py();
         if let Some(loop_) = slf.get().loop_of(py) {
             match arg {
-                Some(arg) => loop_.bind(py).call_method1("call_soon", (callback, arg))?,
-                None => loop_.bind(py).call_method1("call_soon", (callback,))?,
+                Some(arg) => loop_
+                    .bind(py)
+                    .call_method1(intern!(py, "call_soon"), (callback, arg))?,
+                None => loop_
+                    .bind(py)
+                    .call_method1(intern!(py, "call_soon"), (callback,))?,
             };
         }
         Ok(())
@@ -150,7 +155,7 @@ impl PipeCore {
         };
         drop(dropped);
         Self::update_registration(slf)?;
-        let callback = slf.getattr("_call_connection_lost")?;
+        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
         Self::schedule(
             slf,
             callback,
@@ -229,7 +234,9 @@ impl PipeCore {
                     Self::queue_read(slf);
                 }
                 if let Some(data) = data {
-                    if let Err(err) = protocol.call_method1(py, "data_received", (data,)) {
+                    if let Err(err) =
+                        protocol.call_method1(py, intern!(py, "data_received"), (data,))
+                    {
                         // As on the stdlib loop: logged, and the pipe stays open.
                         if is_exit(py, &err) {
                             return Err(err);
@@ -246,12 +253,12 @@ impl PipeCore {
             Received::Eof => {
                 let transport = this.state().transport.as_ref().map(|t| t.clone_ref(py));
                 if let Some(transport) = &transport {
-                    transport.call_method0(py, "_log_closed_by_peer")?;
+                    transport.call_method0(py, intern!(py, "_log_closed_by_peer"))?;
                 }
                 this.state().closing = true;
                 Self::update_registration(slf)?;
                 Self::schedule(slf, protocol.bind(py).getattr("eof_received")?, None)?;
-                let callback = slf.getattr("_call_connection_lost")?;
+                let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
                 Self::schedule(slf, callback, Some(py.None()))
             }
         }
@@ -294,7 +301,7 @@ impl PipeCore {
             return Ok(());
         }
         if let Some(transport) = &transport {
-            transport.call_method0(py, "_log_closed_by_peer")?;
+            transport.call_method0(py, intern!(py, "_log_closed_by_peer"))?;
         }
         let exc = queued.then(|| PyBrokenPipeError::new_err(()));
         Self::close_with(slf, exc)
@@ -352,7 +359,11 @@ impl PipeCore {
             .as_ref()
             .map(|t| t.clone_ref(py));
         if let Some(transport) = transport {
-            transport.call_method1(py, "_report_error", (message, err.into_value(py)))?;
+            transport.call_method1(
+                py,
+                intern!(py, "_report_error"),
+                (message, err.into_value(py)),
+            )?;
         }
         Ok(())
     }
@@ -517,7 +528,7 @@ impl PipeCore {
             state.queue.is_empty()
         };
         if now {
-            let callback = slf.getattr("_call_connection_lost")?;
+            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
             Self::schedule(slf, callback, Some(py.None()))?;
         }
         Ok(())
@@ -643,7 +654,7 @@ impl PipeCore {
         };
         let outcome = match protocol {
             Some(protocol) => protocol
-                .call_method1(py, "connection_lost", (exc,))
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
                 .map(drop),
             None => Ok(()),
         };
@@ -659,7 +670,7 @@ impl PipeCore {
             )
         };
         let closed = match &taken.1 {
-            Some(pipe) => pipe.call_method0(py, "close").map(drop),
+            Some(pipe) => pipe.call_method0(py, intern!(py, "close")).map(drop),
             None => Ok(()),
         };
         drop(taken);

@@ -24,6 +24,7 @@ use std::os::fd::RawFd;
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
@@ -121,11 +122,11 @@ impl StreamCore {
         let buffered = BUFFERED_PROTOCOL.import(py, "asyncio", "BufferedProtocol")?;
         let receive = if protocol.is_instance(buffered)? {
             Receive::Buffered {
-                get_buffer: protocol.getattr("get_buffer")?.unbind(),
-                buffer_updated: protocol.getattr("buffer_updated")?.unbind(),
+                get_buffer: protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+                buffer_updated: protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
             }
         } else {
-            Receive::Data(protocol.getattr("data_received")?.unbind())
+            Receive::Data(protocol.getattr(intern!(py, "data_received"))?.unbind())
         };
         Ok(ProtocolCalls {
             protocol: protocol.clone().unbind(),
@@ -145,7 +146,7 @@ impl StreamCore {
             if sock.get_type().is(socket_class(py)?) && socket_family(sock)? == libc::AF_INET {
                 inet4::sockname(py, slf.get().fd)?
             } else {
-                match sock.call_method0("getsockname") {
+                match sock.call_method0(intern!(py, "getsockname")) {
                     Ok(address) => address.unbind(),
                     Err(err) if err.is_instance_of::<PyOSError>(py) => py.None(),
                     Err(err) => return Err(err),
@@ -170,7 +171,7 @@ impl StreamCore {
             .map(|t| t.clone_ref(py));
         if let Some(transport) = transport {
             let exc = err.clone_ref(py).into_value(py);
-            transport.call_method1(py, "_report_fatal_error", (exc, message))?;
+            transport.call_method1(py, intern!(py, "_report_fatal_error"), (exc, message))?;
         }
         Self::force_close(slf, Some(err))
     }
@@ -203,8 +204,10 @@ impl StreamCore {
         let py = slf.py();
         if let Some(loop_) = loop_ {
             let exc = exc.map(|e| e.into_value(py).into_any());
-            let callback = slf.getattr("_call_connection_lost")?;
-            loop_.bind(py).call_method1("call_soon", (callback, exc))?;
+            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            loop_
+                .bind(py)
+                .call_method1(intern!(py, "call_soon"), (callback, exc))?;
         }
         Ok(())
     }
@@ -365,7 +368,7 @@ impl StreamCore {
                 let Some(protocol) = protocol else {
                     return Ok(());
                 };
-                match protocol.call_method0(py, "eof_received") {
+                match protocol.call_method0(py, intern!(py, "eof_received")) {
                     Err(err) => Self::protocol_failed(
                         slf,
                         err,
@@ -516,7 +519,7 @@ impl StreamCore {
             state.transport.as_ref().map(|t| t.clone_ref(py))
         };
         if let Some(transport) = transport {
-            transport.call_method1(py, "_write_drained", (exc(py),))?;
+            transport.call_method1(py, intern!(py, "_write_drained"), (exc(py),))?;
         }
         Ok(())
     }
@@ -525,7 +528,7 @@ impl StreamCore {
         let py = slf.py();
         let sock = slf.get().state().sock.as_ref().map(|s| s.clone_ref(py));
         if let Some(sock) = sock {
-            sock.call_method1(py, "shutdown", (libc::SHUT_WR,))?;
+            sock.call_method1(py, intern!(py, "shutdown"), (libc::SHUT_WR,))?;
         }
         Ok(())
     }
@@ -675,7 +678,7 @@ impl StreamCore {
         server: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let py = sock.py();
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
         }
@@ -884,7 +887,7 @@ impl StreamCore {
             .map(|p| p.protocol.clone_ref(py));
         let outcome = match protocol {
             Some(protocol) => protocol
-                .call_method1(py, "connection_lost", (exc,))
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
                 .map(drop),
             None => Ok(()),
         };
@@ -914,9 +917,9 @@ impl StreamCore {
             None => Ok(()),
         };
         let detached = match (&server, &transport) {
-            (Some(server), Some(transport)) => {
-                server.call_method1(py, "_detach", (transport,)).map(drop)
-            }
+            (Some(server), Some(transport)) => server
+                .call_method1(py, intern!(py, "_detach"), (transport,))
+                .map(drop),
             _ => Ok(()),
         };
         drop((loop_, sock, transport, server, protocol, queue));
