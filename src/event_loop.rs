@@ -25,6 +25,7 @@ use mio::{Registry, Waker};
 use pyo3::exceptions::{
     PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
@@ -140,10 +141,10 @@ fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         fileobj.extract()?
     } else {
         fileobj
-            .call_method0("fileno")
+            .call_method0(intern!(fileobj.py(), "fileno"))
             .and_then(|fd| {
-                fd.call_method0("__index__")
-                    .or_else(|_| fd.call_method0("__int__"))
+                fd.call_method0(intern!(fd.py(), "__index__"))
+                    .or_else(|_| fd.call_method0(intern!(fd.py(), "__int__")))
             })
             .and_then(|fd| fd.extract())
             .map_err(|_| {
@@ -389,7 +390,10 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         if this.debug.load(Ordering::Relaxed) || lock(&this.task_factory).is_some() {
-            return slf.call_method1("_create_task_general", (coro, name, context));
+            return slf.call_method1(
+                intern!(slf.py(), "_create_task_general"),
+                (coro, name, context),
+            );
         }
         this.check_closed()?;
         let task = TASK.import(py, "asyncio.tasks", "Task")?;
@@ -633,7 +637,8 @@ impl LoopCore {
         let py = slf.py();
         let debug = self.debug.load(Ordering::Relaxed);
         let slow_callback_duration = if debug {
-            slf.getattr("slow_callback_duration")?.extract::<f64>()?
+            slf.getattr(intern!(slf.py(), "slow_callback_duration"))?
+                .extract::<f64>()?
         } else {
             f64::INFINITY
         };
@@ -656,8 +661,11 @@ impl LoopCore {
                             let context = PyDict::new(py);
                             context.set_item("message", "Exception in transport I/O")?;
                             context.set_item("exception", err.into_value(py))?;
-                            slf.call_method1("call_exception_handler", (context,))
-                                .map(drop)
+                            slf.call_method1(
+                                intern!(slf.py(), "call_exception_handler"),
+                                (context,),
+                            )
+                            .map(drop)
                         };
                     }
                     if let Err(err) = outcome {
@@ -686,15 +694,18 @@ impl LoopCore {
                     Err(err)
                 } else {
                     // into_value attaches the traceback (not yet on the value on 3.11).
-                    slf.call_method1("_report_callback_error", (&handle, err.into_value(py)))
-                        .map(drop)
+                    slf.call_method1(
+                        intern!(slf.py(), "_report_callback_error"),
+                        (&handle, err.into_value(py)),
+                    )
+                    .map(drop)
                 };
             }
             if outcome.is_ok() && debug {
                 let took = clock::monotonic() - started;
                 if took >= slow_callback_duration {
                     outcome = slf
-                        .call_method1("_warn_slow_callback", (&handle, took))
+                        .call_method1(intern!(py, "_warn_slow_callback"), (&handle, took))
                         .map(drop);
                 }
             }

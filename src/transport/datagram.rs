@@ -251,7 +251,7 @@ impl DatagramCore {
         // The socket object's method, unless `inet4.rs` receives.
         let recvfrom = match this.inet4 {
             true => None,
-            false => Some(sock.bind(py).getattr("recvfrom")?),
+            false => Some(sock.bind(py).getattr(intern!(py, "recvfrom"))?),
         };
         for _ in 0..DATAGRAMS_PER_TURN {
             if this.state().closing {

@@ -257,7 +257,11 @@ impl PipeCore {
                 }
                 this.state().closing = true;
                 Self::update_registration(slf)?;
-                Self::schedule(slf, protocol.bind(py).getattr("eof_received")?, None)?;
+                Self::schedule(
+                    slf,
+                    protocol.bind(py).getattr(intern!(py, "eof_received"))?,
+                    None,
+                )?;
                 let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
                 Self::schedule(slf, callback, Some(py.None()))
             }
@@ -409,7 +413,7 @@ impl PipeCore {
         writer: bool,
         watch_peer: bool,
     ) -> PyResult<Self> {
-        let fd: RawFd = pipe.call_method0("fileno")?.extract()?;
+        let fd: RawFd = pipe.call_method0(intern!(pipe.py(), "fileno"))?.extract()?;
         if fd < 0 {
             return Err(PyValueError::new_err("the pipe is closed"));
         }
