@@ -43,13 +43,11 @@ def fast_accept(sock: socket.socket) -> tuple[Any, bool]:
     accept_fd = sock._accept
     make = socket.socket
 
+    # socket.accept would also make the socket blocking under a listener with a timeout;
+    # the accept loop makes every accepted socket non-blocking right after, so not here.
     def accept() -> tuple[socket.socket, Any]:
         fd, address = accept_fd()
-        conn = make(family, kind, proto, fd)
-        # As socket.accept: a listener with a timeout hands out blocking sockets.
-        if socket.getdefaulttimeout() is None and sock.gettimeout():
-            conn.setblocking(True)
-        return conn, address
+        return make(family, kind, proto, fd), address
 
     return accept, False
 

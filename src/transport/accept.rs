@@ -9,7 +9,6 @@
 //! `socket.socket` reads as a timeout of 0.0, as `setblocking(False)` leaves it).
 
 use std::mem::size_of;
-use std::net::Ipv4Addr;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -17,11 +16,11 @@ use pyo3::sync::PyOnceLock;
 
 use crate::errors::os_error;
 use crate::transport::inet4;
-use crate::transport::io::retry_interrupted;
+use crate::transport::io::{retry_interrupted, socket_class};
 
-/// `listener.accept()` (as `Acceptor.accept`) for a `socket.socket` listening on AF_INET with SOCK_STREAM (the
-/// loop's accept callback checks that before making one); the listener's own
-/// family, type and protocol go to every accepted socket, as `socket.accept` gives them.
+/// `listener.accept()`, as `Acceptor.accept`, for a `socket.socket` listening on AF_INET
+/// with SOCK_STREAM (`fast_accept` checks that before making one); the listener's own type
+/// and protocol go to every accepted socket, as `socket.accept` gives them.
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub struct Acceptor {
     listener: Py<PyAny>,
@@ -31,9 +30,9 @@ pub struct Acceptor {
 
 /// `_socket.socket`'s own methods, called without the `socket.socket` layer.
 struct SocketApi {
-    class: Py<PyAny>,
-    fileno: Py<PyAny>,
+    new: Py<PyAny>,
     init: Py<PyAny>,
+    fileno: Py<PyAny>,
 }
 
 fn socket_api(py: Python<'_>) -> PyResult<&'static SocketApi> {
@@ -41,9 +40,9 @@ fn socket_api(py: Python<'_>) -> PyResult<&'static SocketApi> {
     API.get_or_try_init(py, || {
         let base = py.import("_socket")?.getattr("socket")?;
         Ok(SocketApi {
-            class: py.import("socket")?.getattr("socket")?.unbind(),
-            fileno: base.getattr("fileno")?.unbind(),
+            new: base.getattr("__new__")?.unbind(),
             init: base.getattr("__init__")?.unbind(),
+            fileno: base.getattr("fileno")?.unbind(),
         })
     })
 }
@@ -82,13 +81,9 @@ impl Acceptor {
         });
         let conn_fd = accepted.map_err(|err| os_error(py, err))? as i32;
         let conn = self.wrap(py, api, conn_fd)?;
-        let address = if len as usize >= size_of::<libc::sockaddr_in>()
-            && i32::from(peer.sin_family) == libc::AF_INET
-        {
-            let ip = Ipv4Addr::from(peer.sin_addr.s_addr.to_ne_bytes());
-            inet4::address(py, ip, u16::from_be(peer.sin_port))?
-        } else {
-            py.None().into_bound(py) // no address given, which CPython reports as None
+        let address = match inet4::from_sockaddr(&peer, len) {
+            Some((ip, port)) => inet4::address(py, ip, port)?,
+            None => py.None().into_bound(py), // no address given, which CPython reports as None
         };
         Ok((conn, address))
     }
@@ -98,9 +93,9 @@ impl Acceptor {
     /// A `socket.socket` owning `fd`: what `socket.socket(family, type, proto, fd)` builds,
     /// without its Python `__init__` frame (which sets exactly these two attributes).
     fn wrap<'py>(&self, py: Python<'py>, api: &SocketApi, fd: i32) -> PyResult<Bound<'py, PyAny>> {
-        let class = api.class.bind(py);
-        let owned = class
-            .call_method1(intern!(py, "__new__"), (class,))
+        // Every failure before `__init__` takes the fd leaves it to be closed here.
+        let owned = socket_class(py)
+            .and_then(|class| api.new.bind(py).call1((class,)))
             .and_then(|conn| {
                 let args = (
                     &conn,

@@ -1,10 +1,11 @@
-//! `recvfrom`/`sendto` of an AF_INET datagram socket, done here instead of through the
-//! socket object's methods. The results are the ones `socket.socket` gives (the same bytes,
-//! the same `(host, port)` tuple, the same `OSError`s), without CPython's 256 KiB
-//! allocation per `recvfrom`, its `inet_ntop` (a `sprintf`) per received address, and its
-//! argument parsing and `inet_pton` per `sendto`: an echo answers the tuple it was given,
-//! and a client sends to the same tuple again and again, so each side remembers the last
-//! address it converted.
+//! IPv4 sockets without the socket object's methods: `recvfrom`/`sendto` of an AF_INET
+//! datagram socket, and the `(host, port)` tuples of accepted connections and of a stream
+//! transport's local address. The results are the ones `socket.socket` gives (the same
+//! bytes, the same tuples, the same `OSError`s), without CPython's 256 KiB allocation per
+//! `recvfrom`, its `inet_ntop` (a `sprintf`) per address, and its argument parsing and
+//! `inet_pton` per `sendto`: an echo answers the tuple it was given, a client sends to the
+//! same tuple again and again, and a server's connections share its address, so the last
+//! address converted is remembered.
 
 use std::ffi::{c_char, c_int};
 use std::mem::size_of;
@@ -85,6 +86,39 @@ pub fn address(py: Python<'_>, ip: Ipv4Addr, port: u16) -> PyResult<Bound<'_, Py
     Ok((host, port).into_pyobject(py)?.into_any())
 }
 
+/// The IPv4 address and port a call filled in, if it did (`len` is what the kernel wrote).
+pub fn from_sockaddr(addr: &libc::sockaddr_in, len: libc::socklen_t) -> Option<(Ipv4Addr, u16)> {
+    let filled = len as usize >= size_of::<libc::sockaddr_in>();
+    (filled && c_int::from(addr.sin_family) == libc::AF_INET).then(|| {
+        (
+            Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()),
+            u16::from_be(addr.sin_port),
+        )
+    })
+}
+
+/// The tuple for `ip:port`: the one `last` holds when it names the same address, else a new
+/// one, which `last` then holds.
+fn remembered<'py>(
+    py: Python<'py>,
+    last: &mut Option<Peer>,
+    ip: Ipv4Addr,
+    port: u16,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(peer) = last {
+        if peer.ip == ip && peer.port == port {
+            return Ok(peer.tuple.bind(py).clone());
+        }
+    }
+    let tuple = address(py, ip, port)?;
+    *last = Some(Peer {
+        ip,
+        port,
+        tuple: tuple.clone().unbind(),
+    });
+    Ok(tuple)
+}
+
 /// The last local address `sockname` converted: a server's connections share it.
 static LAST_SOCKNAME: Mutex<Option<Peer>> = Mutex::new(None);
 
@@ -96,27 +130,13 @@ pub fn sockname(py: Python<'_>, fd: RawFd) -> PyResult<Py<PyAny>> {
     let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: `local` is writable for `len` bytes, which the kernel is told.
     let rc = unsafe { libc::getsockname(fd, (&raw mut local).cast(), &mut len) };
-    if rc != 0
-        || (len as usize) < size_of::<libc::sockaddr_in>()
-        || c_int::from(local.sin_family) != libc::AF_INET
-    {
-        return Ok(py.None());
-    }
-    let ip = Ipv4Addr::from(local.sin_addr.s_addr.to_ne_bytes());
-    let port = u16::from_be(local.sin_port);
-    let mut last = LAST_SOCKNAME.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(peer) = &*last {
-        if peer.ip == ip && peer.port == port {
-            return Ok(peer.tuple.clone_ref(py));
+    match from_sockaddr(&local, len) {
+        Some((ip, port)) if rc == 0 => {
+            let mut last = LAST_SOCKNAME.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(remembered(py, &mut last, ip, port)?.unbind())
         }
+        _ => Ok(py.None()),
     }
-    let tuple = address(py, ip, port)?.unbind();
-    *last = Some(Peer {
-        ip,
-        port,
-        tuple: tuple.clone_ref(py),
-    });
-    Ok(tuple)
 }
 
 /// A failed call as the transport reports it: would-block, or an `OSError` for the protocol.
@@ -156,22 +176,10 @@ pub fn recvfrom<'py>(
         Ok(data) => data,
         Err(err) => return Ok(failed(py, err)),
     };
-    if len == 0 || c_int::from(addr.sin_family) != libc::AF_INET {
+    let Some((ip, port)) = from_sockaddr(&addr, len) else {
         return Ok(Outcome::Done((data, py.None().into_bound(py))));
-    }
-    let ip = Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes());
-    let port = u16::from_be(addr.sin_port);
-    if let Some(peer) = &cache.received {
-        if peer.ip == ip && peer.port == port {
-            return Ok(Outcome::Done((data, peer.tuple.bind(py).clone())));
-        }
-    }
-    let tuple = address(py, ip, port)?;
-    cache.received = Some(Peer {
-        ip,
-        port,
-        tuple: tuple.clone().unbind(),
-    });
+    };
+    let tuple = remembered(py, &mut cache.received, ip, port)?;
     Ok(Outcome::Done((data, tuple)))
 }
 
