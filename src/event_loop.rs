@@ -35,8 +35,8 @@ use crate::clock;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handle::{
-    closed_loop_error, hide_while_queued, leave_queue, lock, show_handle, Handle, TimerHandle,
-    TimerState,
+    closed_loop_error, hide_while_queued, leave_queue, lock, show_handle, Handle, HandlePool,
+    TimerHandle, TimerState,
 };
 use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
 use crate::timers::TimerHeap;
@@ -89,6 +89,8 @@ pub struct LoopCore {
     timers_cancelled: Arc<AtomicUsize>,
     /// `set_task_factory`'s factory (the stdlib's `_task_factory`).
     task_factory: Mutex<Option<Py<PyAny>>>,
+    /// Handles that ran, kept for `call_soon` to refill.
+    spare_handles: HandlePool,
 }
 
 fn thread_ident() -> u64 {
@@ -270,7 +272,11 @@ impl LoopCore {
             }
             self.check_callback(&callback, method)?;
         }
-        let handle = self.make_handle(py, callback, args, context, debug)?;
+        let handle = if debug {
+            self.make_handle(py, callback, args, context, debug)?
+        } else {
+            self.spare_handles.take(py, callback, args, context)?
+        };
         hide_while_queued(handle.bind(py));
         Ok(handle)
     }
@@ -684,7 +690,7 @@ impl LoopCore {
             };
             let h = handle.get();
             if h.is_cancelled() {
-                leave_queue(py, handle);
+                self.spare_handles.retire(py, handle);
                 continue;
             }
             let started = if debug { clock::monotonic() } else { 0.0 };
@@ -709,7 +715,7 @@ impl LoopCore {
                         .map(drop);
                 }
             }
-            leave_queue(py, handle);
+            self.spare_handles.retire(py, handle);
             if let Err(err) = outcome {
                 let mut state = self.state.lock();
                 while let Some(rest) = batch.pop_back() {
@@ -800,6 +806,7 @@ impl LoopCore {
             running_thread: AtomicU64::new(0),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
             task_factory: Mutex::new(None),
+            spare_handles: HandlePool::new(),
         })
     }
 
@@ -1003,5 +1010,6 @@ impl LoopCore {
             }
         }
         drop(watched);
+        self.spare_handles.clear(py);
     }
 }

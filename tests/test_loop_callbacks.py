@@ -560,3 +560,111 @@ def test_loops_are_weakly_referenceable_and_hashable(loop):
     per_loop[loop] = "state"
     assert per_loop[loop] == "state"
     assert weakref.ref(loop)() is loop
+
+
+# ferroloop keeps the plain handles it finished with and refills them for later callbacks;
+# nothing a program can still reach may be refilled.
+
+
+def test_a_handle_the_program_keeps_is_never_refilled(loop):
+    def first(*args):
+        pass
+
+    kept = [loop.call_soon(first, i) for i in range(50)]
+    cancelled = loop.call_soon(first, "cancelled")
+    cancelled.cancel()
+    reprs = [repr(handle) for handle in kept]
+    cancelled_repr = repr(cancelled)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    run_a_burst_of_handles(loop)
+    fresh = [loop.call_soon(int) for _ in range(300)]
+    assert not {id(handle) for handle in fresh} & {id(handle) for handle in kept + [cancelled]}
+    assert [repr(handle) for handle in kept] == reprs
+    assert [handle._args for handle in kept] == [(i,) for i in range(50)]
+    assert all(handle._callback is first and not handle.cancelled() for handle in kept)
+    assert repr(cancelled) == cancelled_repr and cancelled.cancelled()
+    loop.run_until_complete(asyncio.sleep(0.01))
+
+
+def test_a_handle_the_exception_handler_kept_is_never_refilled(loop):
+    reported = []
+    loop.set_exception_handler(lambda lp, context: reported.append(context["handle"]))
+
+    def fails():
+        raise ValueError("boom")
+
+    loop.call_soon(fails)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    run_a_burst_of_handles(loop)
+    [handle] = reported
+    assert handle._callback is fails
+    assert "fails" in repr(handle)
+
+
+def test_a_handle_only_weakly_referenced_dies_instead_of_being_refilled(loop):
+    ref = weakref.ref(loop.call_soon(int))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert ref() is None
+    run_a_burst_of_handles(loop)
+    assert ref() is None
+
+
+class SchedulesWhenFreed:
+    """An argument whose finaliser schedules another callback (run while the loop lets go
+    of the handle that held it)."""
+
+    def __init__(self, loop, log, depth):
+        self.loop, self.log, self.depth = loop, log, depth
+
+    def __del__(self):
+        self.log.append(self.depth)
+        if self.depth:
+            nested = SchedulesWhenFreed(self.loop, self.log, self.depth - 1)
+            self.loop.call_soon(lambda arg: None, nested)
+
+
+def test_an_argument_freed_with_its_handle_can_schedule_callbacks(loop):
+    log = []
+    run_a_burst_of_handles(loop)
+    for _ in range(10):
+        loop.call_soon(lambda arg: None, SchedulesWhenFreed(loop, log, 5))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert sorted(log) == sorted(list(range(6)) * 10)
+
+
+def test_handles_made_one_after_another_each_run_in_their_own_context(loop):
+    run_a_burst_of_handles(loop)
+    seen = []
+
+    def set_and_read(value):
+        seen.append(var.get())
+        var.set(value)
+
+    for round_ in range(3):
+        for i in range(5):
+            loop.call_soon(set_and_read, f"{round_}.{i}")
+        loop.run_until_complete(asyncio.sleep(0))
+    given = contextvars.copy_context()
+    given.run(var.set, "given")
+    loop.call_soon(set_and_read, "changed", context=given)
+    loop.call_soon(set_and_read, "after")
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == ["unset"] * 15 + ["given", "unset"]
+    assert given.run(var.get) == "changed"
+    assert var.get() == "unset"
+
+
+def test_a_handle_made_after_cancelled_ones_were_freed_is_not_cancelled(loop):
+    ran = []
+    # The stop callback is queued before the cancelled handles are freed, so
+    # a pool that forgot to reset the flag fails the assertion below rather
+    # than swallowing the loop's own callbacks and hanging.
+    loop.call_soon(loop.stop)
+    for i in range(100):
+        loop.call_soon(ran.append, ("cancelled", i)).cancel()
+    loop.run_forever()
+    fresh = [loop.call_soon(ran.append, i) for i in range(100)]
+    assert not any(handle.cancelled() for handle in fresh)
+    assert all("cancelled" not in repr(handle) for handle in fresh)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert ran == list(range(100))
