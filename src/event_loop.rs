@@ -275,7 +275,12 @@ impl LoopCore {
         let handle = if debug {
             self.make_handle(py, callback, args, context, debug)?
         } else {
-            self.spare_handles.take(py, callback, args, context)?
+            self.spare_handles.take(
+                py,
+                callback.unbind(),
+                args.unbind(),
+                context.map(Bound::unbind),
+            )?
         };
         hide_while_queued(handle.bind(py));
         Ok(handle)

@@ -48,6 +48,27 @@ struct Slots {
     cancelled_repr: Option<String>,
 }
 
+impl Slots {
+    /// `callback(*args)` in `context`, or in a copy of the current context.
+    #[inline(always)]
+    fn holding(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(context) => context,
+            None => copy_current_context(py)?,
+        };
+        Ok(Self {
+            call: Some(Call { callback, args }),
+            context: Some(context),
+            cancelled_repr: None,
+        })
+    }
+}
+
 /// A callback scheduled with `call_soon`, `call_soon_threadsafe` or a reader/writer.
 ///
 /// Freed handles are kept for reuse (`freelist`), as uvloop's are: a busy loop makes and
@@ -101,34 +122,12 @@ impl Handle {
         source_traceback: Option<Py<PyAny>>,
         timer: Option<TimerState>,
     ) -> PyResult<Self> {
-        let context = match context {
-            Some(context) => context,
-            None => copy_current_context(py)?,
-        };
-        Ok(Self::fill(
-            Call { callback, args },
-            context,
-            source_traceback,
-            timer,
-        ))
-    }
-
-    fn fill(
-        call: Call,
-        context: Py<PyAny>,
-        source_traceback: Option<Py<PyAny>>,
-        timer: Option<TimerState>,
-    ) -> Self {
-        Self {
-            slots: GilCell::new(Slots {
-                call: Some(call),
-                context: Some(context),
-                cancelled_repr: None,
-            }),
+        Ok(Self {
+            slots: GilCell::new(Slots::holding(py, callback, args, context)?),
             cancelled: AtomicBool::new(false),
             source_traceback,
             timer,
-        }
+        })
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -317,30 +316,27 @@ impl HandlePool {
     pub fn take(
         &self,
         py: Python<'_>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let context = match context {
-            Some(context) => context.unbind(),
-            None => copy_current_context(py)?,
-        };
-        let call = Call {
-            callback: callback.unbind(),
-            args: args.unbind(),
-        };
+        let slots = Slots::holding(py, callback, args, context)?;
         let spare = self.0.lock().pop();
         match spare {
             Some(handle) => {
                 // The spare's slots are empty: replacing them drops nothing.
-                *handle.get().slots.lock() = Slots {
-                    call: Some(call),
-                    context: Some(context),
-                    cancelled_repr: None,
-                };
+                *handle.get().slots.lock() = slots;
                 Ok(handle)
             }
-            None => Py::new(py, Handle::fill(call, context, None, None)),
+            None => Py::new(
+                py,
+                Handle {
+                    slots: GilCell::new(slots),
+                    cancelled: AtomicBool::new(false),
+                    source_traceback: None,
+                    timer: None,
+                },
+            ),
         }
     }
 
@@ -348,7 +344,7 @@ impl HandlePool {
     /// else can reach it, otherwise handed to `leave_queue`.
     pub fn retire(&self, py: Python<'_>, handle: Py<Handle>) {
         let handle = handle.into_bound(py);
-        if !is_unreachable_plain_handle(&handle) || self.0.lock().len() >= POOL_CAPACITY {
+        if !is_unreachable_plain_handle(&handle) {
             return leave_queue(py, handle.unbind());
         }
         let this = handle.get();
@@ -371,6 +367,7 @@ impl HandlePool {
         }
         drop(context.map(|context| context.into_bound(py)));
         this.cancelled.store(false, Ordering::Release);
+        // A full pool frees the emptied handle (nothing left in it for `Drop` to show).
         let mut spare = self.0.lock();
         if spare.len() < POOL_CAPACITY {
             spare.push(handle.unbind());
