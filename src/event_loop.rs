@@ -89,7 +89,8 @@ pub struct LoopCore {
     timers_cancelled: Arc<AtomicUsize>,
     /// `set_task_factory`'s factory (the stdlib's `_task_factory`).
     task_factory: Mutex<Option<Py<PyAny>>>,
-    /// Handles that ran, kept for `call_soon` to refill.
+    /// Handles that ran and timers that left the heap, kept for `call_soon` and
+    /// `call_later` to refill.
     spare_handles: HandlePool,
 }
 
@@ -239,15 +240,24 @@ impl LoopCore {
             self.check_thread()?;
             self.check_callback(&callback, "call_at")?;
         }
-        let base = Handle::new(
-            py,
-            callback.unbind(),
-            args.unbind(),
-            context.map(Bound::unbind),
-            self.source_traceback(py, debug)?,
-            Some(TimerState::new(when, self.timers_cancelled.clone())),
-        )?;
-        let timer = Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?;
+        let timer = if debug {
+            let base = Handle::new(
+                py,
+                callback.unbind(),
+                args.unbind(),
+                context.map(Bound::unbind),
+                self.source_traceback(py, debug)?,
+                Some(TimerState::new(when, self.timers_cancelled.clone())),
+            )?;
+            Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?
+        } else {
+            self.spare_handles.take_timer(
+                py,
+                when,
+                (callback.unbind(), args.unbind(), context.map(Bound::unbind)),
+                &self.timers_cancelled,
+            )?
+        };
         hide_while_queued(timer.bind(py).as_super());
         let as_handle: Py<Handle> = timer.clone_ref(py).into_bound(py).into_super().unbind();
         self.state.lock().timers.push(when, as_handle);
@@ -758,7 +768,7 @@ impl LoopCore {
         let plan = self.poll_timeout(&mut garbage);
         for timer in garbage {
             timer.get().unschedule();
-            leave_queue(py, timer);
+            self.spare_handles.retire(py, timer);
         }
         let polled = match plan {
             PollPlan::Poll(timeout) => self.poll_io(py, timeout),
@@ -773,7 +783,7 @@ impl LoopCore {
             }
         };
         for timer in garbage {
-            leave_queue(py, timer);
+            self.spare_handles.retire(py, timer);
         }
         let outcome = self.run_batch(slf, &mut batch);
         self.rearm_and_recycle(batch);

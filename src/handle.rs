@@ -10,12 +10,13 @@
 //! The callback is called with `PyObject_Vectorcall` inside `PyContext_Enter`/`Exit`:
 //! that is what `Context.run(callback, *args)` does, minus building an argument tuple.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
+use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::sync::PyOnceLock;
 use pyo3::type_object::PyTypeInfo;
 use pyo3::types::PyTuple;
@@ -95,7 +96,8 @@ pub struct Handle {
 
 /// What a timer adds to a handle: its deadline and its place in the loop's heap.
 pub struct TimerState {
-    when: f64,
+    /// The deadline's bits (`f64::to_bits`): set anew when the loop reuses the timer.
+    when: AtomicU64,
     /// True while the timer sits in its loop's heap.
     scheduled: AtomicBool,
     /// The loop's count of cancelled timers still in its heap (drives compaction).
@@ -105,7 +107,7 @@ pub struct TimerState {
 impl TimerState {
     pub fn new(when: f64, heap_cancelled: Arc<AtomicUsize>) -> Self {
         Self {
-            when,
+            when: AtomicU64::new(when.to_bits()),
             scheduled: AtomicBool::new(true),
             heap_cancelled,
         }
@@ -147,7 +149,9 @@ impl Handle {
 
     /// The deadline of a timer (NaN for a plain handle, which the loop never asks).
     pub fn when(&self) -> f64 {
-        self.timer.as_ref().map_or(f64::NAN, |t| t.when)
+        self.timer
+            .as_ref()
+            .map_or(f64::NAN, |t| f64::from_bits(t.when.load(Ordering::Relaxed)))
     }
 
     /// True while a timer sits in its loop's heap.
@@ -293,22 +297,37 @@ pub(crate) fn leave_queue(py: Python<'_>, handle: Py<Handle>) {
     }
 }
 
-/// Plain handles the loop has finished with, kept to be refilled by the next `call_soon`.
+/// Handles the loop has finished with, kept to be refilled: plain ones by `call_soon`,
+/// timers by `call_later` and `call_at`.
 ///
 /// Every task step and future callback makes a handle and, an iteration later, frees it;
-/// allocating and freeing one through PyO3 (its free list behind a mutex, the object
-/// header's re-initialisation, the deallocator's trampoline) cost about a fifth of a
-/// `call_soon`. A handle nothing else can reach (the loop holds the only reference, no
-/// weak reference exists, it is not a timer or a subclass, it keeps no debug traceback)
-/// is indistinguishable from a fresh one once emptied, so the loop keeps it instead.
-pub(crate) struct HandlePool(GilCell<Vec<Py<Handle>>>);
+/// every `asyncio.wait_for` or `timeout()` makes a timer and soon cancels it. Allocating
+/// and freeing one through PyO3 (its free list behind a mutex, the object header's
+/// re-initialisation, the deallocator's trampoline) cost about a fifth of a `call_soon`.
+/// A handle nothing else can reach (the loop holds the only reference, no weak reference
+/// exists, it is not a subclass, it keeps no debug traceback) is indistinguishable from a
+/// fresh one once emptied, so the loop keeps it instead.
+pub(crate) struct HandlePool(GilCell<Spares>);
 
-/// As many as one iteration's batch usually frees (PyO3's free list keeps as many).
+#[derive(Default)]
+struct Spares {
+    plain: Vec<Py<Handle>>,
+    timers: Vec<Py<TimerHandle>>,
+}
+
+/// Of each kind, as many as one iteration's batch usually frees (PyO3's free list keeps
+/// as many).
 const POOL_CAPACITY: usize = 1024;
+
+/// Which pool an emptied handle goes back to.
+enum Spare {
+    Plain,
+    Timer,
+}
 
 impl HandlePool {
     pub fn new() -> Self {
-        Self(GilCell::new(Vec::new()))
+        Self(GilCell::new(Spares::default()))
     }
 
     /// A plain handle for `callback(*args)` in `context` (or a copy of the current one):
@@ -321,7 +340,7 @@ impl HandlePool {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let slots = Slots::holding(py, callback, args, context)?;
-        let spare = self.0.lock().pop();
+        let spare = self.0.lock().plain.pop();
         match spare {
             Some(handle) => {
                 // The spare's slots are empty: replacing them drops nothing.
@@ -340,13 +359,47 @@ impl HandlePool {
         }
     }
 
-    /// The loop lets go of a handle that left the ready queue: kept as a spare if nothing
-    /// else can reach it, otherwise handed to `leave_queue`.
+    /// A timer for `callback(*args)` at `when`, counted in `heap_cancelled` once cancelled
+    /// in the heap: a spare one refilled if there is one, else a new one.
+    pub fn take_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        (callback, args, context): (Py<PyAny>, Py<PyTuple>, Option<Py<PyAny>>),
+        heap_cancelled: &Arc<AtomicUsize>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let slots = Slots::holding(py, callback, args, context)?;
+        let spare = self.0.lock().timers.pop();
+        match spare {
+            Some(timer) => {
+                let handle = timer.bind(py).as_super().get();
+                *handle.slots.lock() = slots;
+                if let Some(state) = &handle.timer {
+                    state.when.store(when.to_bits(), Ordering::Relaxed);
+                    state.scheduled.store(true, Ordering::Release);
+                }
+                Ok(timer)
+            }
+            None => {
+                let base = Handle {
+                    slots: GilCell::new(slots),
+                    cancelled: AtomicBool::new(false),
+                    source_traceback: None,
+                    timer: Some(TimerState::new(when, heap_cancelled.clone())),
+                };
+                Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))
+            }
+        }
+    }
+
+    /// The loop lets go of a handle that left the ready queue, or of a timer that left
+    /// the heap: kept as a spare if nothing else can reach it, otherwise handed to
+    /// `leave_queue`. A timer must have been unscheduled first.
     pub fn retire(&self, py: Python<'_>, handle: Py<Handle>) {
         let handle = handle.into_bound(py);
-        if !is_unreachable_plain_handle(&handle) {
+        let Some(kind) = reusable_kind(&handle) else {
             return leave_queue(py, handle.unbind());
-        }
+        };
         let this = handle.get();
         let taken = {
             let mut slots = this.slots.lock();
@@ -368,47 +421,65 @@ impl HandlePool {
         drop(context.map(|context| context.into_bound(py)));
         this.cancelled.store(false, Ordering::Release);
         // A full pool frees the emptied handle (nothing left in it for `Drop` to show).
-        let mut spare = self.0.lock();
-        if spare.len() < POOL_CAPACITY {
-            spare.push(handle.unbind());
+        let mut spares = self.0.lock();
+        match kind {
+            Spare::Plain if spares.plain.len() < POOL_CAPACITY => {
+                spares.plain.push(handle.unbind());
+            }
+            Spare::Timer if spares.timers.len() < POOL_CAPACITY => {
+                // SAFETY: `reusable_kind` found the object's type to be exactly
+                // `TimerHandle`.
+                let timer = unsafe { handle.cast_into_unchecked::<TimerHandle>() };
+                spares.timers.push(timer.unbind());
+            }
+            _ => {}
         }
     }
 
     /// Frees the spare handles (the loop is closing).
     pub fn clear(&self, py: Python<'_>) {
-        let spare = std::mem::take(&mut *self.0.lock());
-        for handle in spare {
+        let spares = std::mem::take(&mut *self.0.lock());
+        for handle in spares.plain {
             drop(handle.into_bound(py));
+        }
+        for timer in spares.timers {
+            drop(timer.into_bound(py));
         }
     }
 }
 
-/// Whether only the caller's reference reaches `handle`, and it is a plain `Handle` (not
-/// a timer or a Python subclass) outside debug mode: one that can be emptied and reused
-/// without anyone seeing the difference.
-fn is_unreachable_plain_handle(handle: &Bound<'_, Handle>) -> bool {
+/// Whether only the caller's reference reaches `handle`, and it is a plain `Handle` or
+/// `TimerHandle` (not a Python subclass) outside debug mode: one that can be emptied and
+/// reused without anyone seeing the difference. If so, which kind it is.
+fn reusable_kind(handle: &Bound<'_, Handle>) -> Option<Spare> {
+    let py = handle.py();
     let ptr = handle.as_ptr();
     let this = handle.get();
     // SAFETY: attached; `ptr` is a live object (the caller's reference), so its type
     // object is live too. `tp_weaklistoffset` is the offset of the weak reference list
-    // pointer inside instances of the type (positive for PyO3's `weakref` classes).
+    // pointer inside instances of the type (positive for PyO3's `weakref` classes and
+    // their subclasses).
     unsafe {
-        let class = ffi::Py_TYPE(ptr);
-        if ffi::Py_REFCNT(ptr) != 1 || class != Handle::type_object_raw(handle.py()) {
-            return false;
+        if ffi::Py_REFCNT(ptr) != 1 || this.source_traceback.is_some() {
+            return None;
         }
+        let class = ffi::Py_TYPE(ptr);
+        let kind = if class == Handle::type_object_raw(py) && this.timer.is_none() {
+            Spare::Plain
+        } else if class == TimerHandle::type_object_raw(py) && this.timer.is_some() {
+            Spare::Timer
+        } else {
+            return None;
+        };
         let offset = (*class).tp_weaklistoffset;
         if offset <= 0 {
-            return false;
+            return None;
         }
         let weakrefs = *(ptr as *const u8)
             .offset(offset)
             .cast::<*mut ffi::PyObject>();
-        if !weakrefs.is_null() {
-            return false;
-        }
+        weakrefs.is_null().then_some(kind)
     }
-    this.timer.is_none() && this.source_traceback.is_none()
 }
 
 impl Drop for Handle {

@@ -1,14 +1,18 @@
 """call_later, call_at, loop.time(): ordering, precision, cancellation, bad arguments."""
 
 import asyncio
+import contextvars
 import math
 import sys
 import time
+import weakref
 
 import pytest
 
 # The stdlib loop runs a timer when `when < loop.time() + clock resolution`.
 RESOLUTION = time.get_clock_info("monotonic").resolution
+
+var = contextvars.ContextVar("var", default="unset")
 
 
 def run_for(loop, seconds):
@@ -257,3 +261,99 @@ def test_timers_interleave_with_call_soon_chains(loop, delay):
     # A callback that always reschedules itself must not starve timers.
     assert calls == ["timer"]
     assert count[0] > 1
+
+
+# ferroloop keeps the timers that left its heap and refills them for later `call_later`s;
+# nothing a program can still reach may be refilled.
+
+
+def churn_timers(loop, n=2000):
+    """Makes and frees many timers, fired and cancelled (ferroloop keeps them for reuse)."""
+    for _ in range(n):
+        loop.call_later(0, int)
+        loop.call_later(3600, int).cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+
+
+def test_a_timer_the_program_keeps_is_never_refilled(loop):
+    def first(*args):
+        pass
+
+    fired = [loop.call_later(0, first, i) for i in range(50)]
+    cancelled = [loop.call_later(3600, first, "cancelled", i) for i in range(50)]
+    for timer in cancelled:
+        timer.cancel()
+    kept = fired + cancelled
+    before = [(timer.when(), repr(timer), timer._args, timer.cancelled()) for timer in kept]
+    loop.run_until_complete(asyncio.sleep(0.01))
+    churn_timers(loop)
+    fresh = [loop.call_later(1, int) for _ in range(300)]
+    assert not {id(timer) for timer in fresh} & {id(timer) for timer in kept}
+    after = [(timer.when(), repr(timer), timer._args, timer.cancelled()) for timer in kept]
+    assert after == before
+    assert [timer._args for timer in fired] == [(i,) for i in range(50)]
+    assert all(timer._callback is first for timer in fired)
+    for timer in fresh:
+        timer.cancel()
+
+
+def test_a_timer_only_weakly_referenced_dies_instead_of_being_refilled(loop):
+    fired = weakref.ref(loop.call_later(0, int))
+    cancelled_timer = loop.call_later(3600, int)
+    cancelled_timer.cancel()
+    cancelled = weakref.ref(cancelled_timer)
+    del cancelled_timer
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert fired() is None
+    assert cancelled() is None
+    churn_timers(loop)
+    assert fired() is None
+    assert cancelled() is None
+
+
+def test_a_timer_made_after_cancelled_ones_were_freed_has_its_own_state(loop):
+    calls = []
+    churn_timers(loop)
+    start = loop.time()
+    timers = [loop.call_later(0.001 * (10 - i), calls.append, i) for i in range(10)]
+    for i, timer in enumerate(timers):
+        assert not timer.cancelled()
+        assert timer._scheduled
+        assert start + 0.001 * (10 - i) <= timer.when() <= loop.time() + 0.001 * (10 - i)
+        assert "cancelled" not in repr(timer)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert calls == list(reversed(range(10)))
+    assert not any(timer._scheduled for timer in timers)
+
+
+def test_refilled_timers_each_run_in_their_own_context(loop):
+    churn_timers(loop)
+    seen = []
+
+    def set_and_read(value):
+        seen.append(var.get())
+        var.set(value)
+
+    for round_ in range(3):
+        for i in range(5):
+            loop.call_later(0, set_and_read, f"{round_}.{i}")
+        loop.run_until_complete(asyncio.sleep(0.001))
+    given = contextvars.copy_context()
+    given.run(var.set, "given")
+    loop.call_later(0, set_and_read, "changed", context=given)
+    loop.run_until_complete(asyncio.sleep(0.001))
+    assert seen == ["unset"] * 15 + ["given"]
+    assert given.run(var.get) == "changed"
+    assert var.get() == "unset"
+
+
+def test_refilled_timers_cancelled_in_the_heap_are_still_compacted_away(loop):
+    # A live timer ahead of the cancelled ones, so only compaction (driven by the count of
+    # cancelled timers in the heap) can remove them; each round reuses the last round's.
+    live = loop.call_later(1000, int)
+    for _ in range(5):
+        for timer in [loop.call_later(3600, int) for _ in range(300)]:
+            timer.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        assert len(loop._scheduled) == 1
+    live.cancel()
