@@ -31,6 +31,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::call_args::Args;
 use crate::clock;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
@@ -204,14 +205,14 @@ impl LoopCore {
         &self,
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
         debug: bool,
     ) -> PyResult<Py<Handle>> {
         let handle = Handle::new(
             py,
             callback.unbind(),
-            args.unbind(),
+            args,
             context.map(Bound::unbind),
             self.source_traceback(py, debug)?,
             None,
@@ -231,7 +232,7 @@ impl LoopCore {
         py: Python<'_>,
         when: f64,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         self.check_closed()?;
@@ -244,7 +245,7 @@ impl LoopCore {
             let base = Handle::new(
                 py,
                 callback.unbind(),
-                args.unbind(),
+                args,
                 context.map(Bound::unbind),
                 self.source_traceback(py, debug)?,
                 Some(TimerState::new(when, self.timers_cancelled.clone())),
@@ -254,7 +255,7 @@ impl LoopCore {
             self.spare_handles.take_timer(
                 py,
                 when,
-                (callback.unbind(), args.unbind(), context.map(Bound::unbind)),
+                (callback.unbind(), args, context.map(Bound::unbind)),
                 &self.timers_cancelled,
             )?
         };
@@ -270,7 +271,7 @@ impl LoopCore {
         &self,
         method: &str,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: Args,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = callback.py();
@@ -285,12 +286,8 @@ impl LoopCore {
         let handle = if debug {
             self.make_handle(py, callback, args, context, debug)?
         } else {
-            self.spare_handles.take(
-                py,
-                callback.unbind(),
-                args.unbind(),
-                context.map(Bound::unbind),
-            )?
+            self.spare_handles
+                .take(py, callback.unbind(), args, context.map(Bound::unbind))?
         };
         hide_while_queued(handle.bind(py));
         Ok(handle)
@@ -300,7 +297,7 @@ impl LoopCore {
     pub fn schedule_soon<'py>(
         &self,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: Args,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = callback.py();
@@ -313,7 +310,7 @@ impl LoopCore {
     pub fn schedule_threadsafe<'py>(
         &self,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: Args,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = callback.py();
@@ -339,7 +336,7 @@ impl LoopCore {
         &self,
         delay: Bound<'py, PyAny>,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: Args,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, TimerHandle>> {
         let py = delay.py();
@@ -363,7 +360,7 @@ impl LoopCore {
         &self,
         when: Bound<'py, PyAny>,
         callback: Bound<'py, PyAny>,
-        args: Bound<'py, PyTuple>,
+        args: Args,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, TimerHandle>> {
         let py = when.py();
@@ -502,7 +499,7 @@ impl LoopCore {
         let py = fileobj.py();
         let fd = fileobj_to_fd(fileobj)?;
         self.check_closed()?;
-        let handle = self.make_handle(py, callback, args, None, false)?;
+        let handle = self.make_handle(py, callback, Args::Tuple(args.unbind()), None, false)?;
         show_handle(handle.bind(py));
         let installed = handle.clone_ref(py);
         let outcome = {

@@ -29,6 +29,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
+use crate::call_args::Args;
 use crate::event_loop::LoopCore;
 use crate::handle::Handle;
 use crate::transport::stream::StreamCore;
@@ -37,7 +38,7 @@ use crate::transport::stream::StreamCore;
 /// last), the callback's own arguments, and the `context` keyword.
 pub struct SchedulingArgs<'py, const FIXED: usize> {
     pub fixed: [Bound<'py, PyAny>; FIXED],
-    pub args: Bound<'py, PyTuple>,
+    pub args: Args,
     pub context: Option<Bound<'py, PyAny>>,
 }
 
@@ -113,17 +114,12 @@ unsafe fn parse<'py, const FIXED: usize>(
         return Err(missing_error(method, &missing));
     }
     let rest = if nargs > FIXED {
-        let tuple = ffi::PyTuple_New((nargs - FIXED) as ffi::Py_ssize_t);
-        let tuple = Bound::from_owned_ptr_or_err(py, tuple)?;
-        for i in FIXED..nargs {
-            let item = *args.add(i);
-            ffi::Py_INCREF(item);
-            // Fills a fresh tuple's slot, which steals the reference just taken.
-            ffi::PyTuple_SET_ITEM(tuple.as_ptr(), (i - FIXED) as ffi::Py_ssize_t, item);
-        }
-        tuple.cast_into_unchecked::<PyTuple>()
+        Args::from_borrowed(
+            py,
+            std::slice::from_raw_parts(args.add(FIXED), nargs - FIXED),
+        )?
     } else {
-        PyTuple::empty(py)
+        Args::empty()
     };
     Ok(SchedulingArgs {
         fixed: fixed.map(|value| value.expect("checked above")),

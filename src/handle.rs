@@ -1,8 +1,8 @@
 //! `Handle` and `TimerHandle`: a scheduled callback, as returned by `call_soon` and
 //! `call_later`.
 //!
-//! A handle owns its callback, the positional arguments (the tuple the caller's call
-//! already built, so scheduling allocates nothing more) and the `contextvars.Context` it
+//! A handle owns its callback, the positional arguments (up to two held inline, so
+//! scheduling allocates no tuple: `call_args.rs`) and the `contextvars.Context` it
 //! runs in. `cancel()` marks it and drops the callback and arguments at once, as the stdlib
 //! does, so a cancelled timer still waiting in the heap keeps nothing alive.
 //!
@@ -22,13 +22,23 @@ use pyo3::type_object::PyTypeInfo;
 use pyo3::types::PyTuple;
 use pyo3::{ffi, IntoPyObjectExt};
 
+use crate::call_args::Args;
 use crate::gil_cell::GilCell;
 use pyo3::{PyTraverseError, PyVisit};
 
 /// The callback and arguments of a handle that has not been cancelled.
 struct Call {
     callback: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: Args,
+}
+
+impl Call {
+    /// Lets go of the callback and arguments with a plain decref (no deferral to PyO3's
+    /// pool, which paths entered without its trampoline would get from dropping a `Py`).
+    fn release(self, py: Python<'_>) {
+        drop(self.callback.into_bound(py));
+        self.args.release(py);
+    }
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (none of ours
@@ -55,7 +65,7 @@ impl Slots {
     fn holding(
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let context = match context {
@@ -119,7 +129,7 @@ impl Handle {
     pub fn new(
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
         source_traceback: Option<Py<PyAny>>,
         timer: Option<TimerState>,
@@ -180,28 +190,20 @@ impl Handle {
                 ..
             } => (
                 call.callback.bind(py).clone(),
-                call.args.bind(py).clone(),
+                call.args.bind(py),
                 context.bind(py).clone(),
             ),
             _ => return Ok(()),
         };
         let context = context.as_ptr();
         // SAFETY: we are attached to the interpreter (`py`). `context` is a live
-        // contextvars.Context (checked when the handle was made), `args` is a live tuple we
-        // hold a reference to for the whole call, so its item array stays valid, and
-        // `callback` is kept alive by our clone. Every entered context is exited.
+        // contextvars.Context (checked when the handle was made); `callback` and `args`
+        // are kept alive by our clones for the whole call. Every entered context is exited.
         unsafe {
             if ffi::PyContext_Enter(context) < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let tuple = args.as_ptr() as *mut ffi::PyTupleObject;
-            let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize;
-            let result = ffi::PyObject_Vectorcall(
-                callback.as_ptr(),
-                (*tuple).ob_item.as_ptr(),
-                nargs,
-                std::ptr::null_mut(),
-            );
+            let result = args.vectorcall(callback.as_ptr());
             let outcome = if result.is_null() {
                 Err(PyErr::fetch(py))
             } else {
@@ -215,12 +217,19 @@ impl Handle {
         }
     }
 
-    fn callback(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+    fn callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.slots
             .lock()
             .call
             .as_ref()
-            .map(|c| (c.callback.clone_ref(py), c.args.clone_ref(py)))
+            .map(|c| c.callback.clone_ref(py))
+    }
+
+    /// The arguments as a tuple, or `None` once cancelled.
+    fn args_tuple<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        // Borrowed out first: making the tuple may run the collector, which may run Python.
+        let args = self.slots.lock().call.as_ref().map(|c| c.args.bind(py));
+        args.map(|args| args.into_tuple(py)).transpose()
     }
 
     fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -336,7 +345,7 @@ impl HandlePool {
         &self,
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let slots = Slots::holding(py, callback, args, context)?;
@@ -365,7 +374,7 @@ impl HandlePool {
         &self,
         py: Python<'_>,
         when: f64,
-        (callback, args, context): (Py<PyAny>, Py<PyTuple>, Option<Py<PyAny>>),
+        (callback, args, context): (Py<PyAny>, Args, Option<Py<PyAny>>),
         heap_cancelled: &Arc<AtomicUsize>,
     ) -> PyResult<Py<TimerHandle>> {
         let slots = Slots::holding(py, callback, args, context)?;
@@ -415,8 +424,8 @@ impl HandlePool {
         // Dropped before the handle joins the pool, and as `Bound`s (a plain decref): a
         // callback's `__del__` may schedule another callback, which takes from the pool.
         let (call, context, _repr) = taken;
-        if let Some(Call { callback, args }) = call {
-            drop((callback.into_bound(py), args.into_bound(py)));
+        if let Some(call) = call {
+            call.release(py);
         }
         drop(context.map(|context| context.into_bound(py)));
         this.cancelled.store(false, Ordering::Release);
@@ -526,9 +535,8 @@ impl Handle {
         // Dropped as `Bound`s, whose drop is a plain decref (the loop also calls this from
         // paths where a dropped `Py` would have its decref deferred to PyO3's pool).
         let call = this.slots.lock().call.take();
-        if let Some(Call { callback, args }) = call {
-            let py = slf.py();
-            drop((callback.into_bound(py), args.into_bound(py)));
+        if let Some(call) = call {
+            call.release(slf.py());
         }
         Ok(())
     }
@@ -547,12 +555,12 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback(py).map(|(callback, _)| callback)
+        self.callback(py)
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.callback(py).map(|(_, args)| args)
+    fn _args<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.args_tuple(py)
     }
 
     #[getter]
@@ -605,7 +613,7 @@ impl Handle {
         if let Some(slots) = self.slots.try_lock() {
             if let Some(call) = &slots.call {
                 visit.call(&call.callback)?;
-                visit.call(&call.args)?;
+                call.args.traverse(&visit)?;
             }
             visit.call(&slots.context)?;
         }
@@ -692,8 +700,15 @@ fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
     }
     match (ha.callback(py), hb.callback(py)) {
         (None, None) => Ok(true),
-        (Some((ca, aa)), Some((cb, ab))) => {
-            Ok(ca.bind(py).eq(cb.bind(py))? && aa.bind(py).eq(ab.bind(py))?)
+        (Some(ca), Some(cb)) => {
+            if !ca.bind(py).eq(cb.bind(py))? {
+                return Ok(false);
+            }
+            match (ha.args_tuple(py)?, hb.args_tuple(py)?) {
+                (Some(aa), Some(ab)) => aa.eq(ab),
+                (None, None) => Ok(true),
+                _ => Ok(false),
+            }
         }
         _ => Ok(false),
     }

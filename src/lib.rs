@@ -1,5 +1,6 @@
 //! `ferroloop._ferroloop`: the Rust core of the ferroloop event loop.
 
+mod call_args;
 mod clock;
 mod errors;
 mod event_loop;

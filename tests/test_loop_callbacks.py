@@ -33,6 +33,43 @@ def test_call_soon_passes_several_args(loop):
     assert calls == [(1, "two", None), ()]
 
 
+def schedule(loop, method, callback, *args):
+    if method in ("call_soon", "call_soon_threadsafe"):
+        return getattr(loop, method)(callback, *args)
+    if method == "call_later":
+        return loop.call_later(0, callback, *args)
+    return loop.call_at(loop.time(), callback, *args)
+
+
+@pytest.mark.parametrize("nargs", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at"])
+def test_callbacks_get_their_arguments_and_handles_show_them(loop, method, nargs):
+    # ferroloop keeps up to two arguments without a tuple; `_args` is still the tuple.
+    args = tuple(f"arg{i}" for i in range(nargs))
+    calls = []
+    handle = schedule(loop, method, lambda *got: calls.append(got), *args)
+    assert handle._args == args
+    cancelled = schedule(loop, method, calls.append, *args)
+    cancelled.cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert calls == [args]
+    assert handle._args == args
+    assert cancelled._args is None
+
+
+@pytest.mark.parametrize("nargs", [1, 2, 3])
+def test_timers_with_equal_deadlines_compare_equal_by_callback_and_arguments(loop, nargs):
+    when = loop.time() + 3600
+    args = tuple(range(nargs))
+    first = loop.call_at(when, print, *args)
+    same = loop.call_at(when, print, *args)
+    other = loop.call_at(when, print, *args[:-1], "other")
+    assert first == same and first <= same and first >= same
+    assert first != other
+    for timer in (first, same, other):
+        timer.cancel()
+
+
 def test_call_soon_returns_a_cancellable_handle(loop):
     calls = []
     handle = loop.call_soon(calls.append, "cancelled")
@@ -364,6 +401,22 @@ def test_object_and_the_handles_it_holds_are_collected_as_a_cycle(loop, context_
     holder.cancelled.cancel()
     loop.run_until_complete(asyncio.sleep(0.01))
     del holder, context
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("nargs", [1, 2, 3])
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+def test_a_cycle_through_any_argument_of_a_handle_is_collected(loop, method, nargs):
+    holder = HoldsItsHandles()
+    ref = weakref.ref(holder)
+    args = (*range(nargs - 1), holder)
+    if method == "call_soon":
+        holder.handle = loop.call_soon(HoldsItsHandles.tick, *args)
+    else:
+        holder.handle = loop.call_later(0, HoldsItsHandles.tick, *args)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    del holder, args
     gc.collect()
     assert ref() is None
 
