@@ -36,8 +36,8 @@ use crate::clock;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handle::{
-    closed_loop_error, hide_while_queued, leave_queue, lock, show_handle, Handle, HandlePool,
-    TimerHandle, TimerState,
+    closed_loop_error, hide_while_queued, leave_queue, lock, prefetch_object, show_handle, Handle,
+    HandlePool, TimerHandle, TimerState,
 };
 use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
 use crate::timers::TimerHeap;
@@ -46,6 +46,12 @@ use crate::transport::IoTransport;
 /// The longest single poll, as in the stdlib (one day): keeps far deadlines from
 /// overflowing the poll timeout.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// How many handles ahead the loop asks the CPU to load the handle it will touch next.
+const PREFETCH_AHEAD: usize = 7;
+
+/// The capacity the buffer of due timers keeps between iterations.
+const DUE_BUFFER_KEPT: usize = 1024;
 
 /// At most this many iterations in a row skip their zero-timeout poll (`poll_timeout`).
 const MAX_POLLS_SKIPPED: u32 = 63;
@@ -66,6 +72,8 @@ struct State {
     watchers: FdWatchers,
     /// Fds whose watchers were woken this iteration; re-armed after their callbacks ran.
     rearm: Vec<RawFd>,
+    /// The timers an iteration found due, before they are queued (kept for its buffer).
+    due: Vec<Option<Py<Handle>>>,
     registry: Option<Registry>,
     waker: Option<Arc<Waker>>,
     /// The read end of the signal socket pair (`_signals.py`), if watched.
@@ -637,14 +645,30 @@ impl LoopCore {
     fn take_batch(&self, garbage: &mut Vec<Py<Handle>>) -> VecDeque<Ready> {
         let now = clock::monotonic();
         let mut state = self.state.lock();
-        while let Some(timer) = state.timers.pop_due(now) {
+        let State {
+            timers, due, ready, ..
+        } = &mut *state;
+        // Popped first, then marked: popping reads only the heap, and marking a timer
+        // reads the handle, which many due timers (scheduled long ago, in another order)
+        // have let fall out of the cache: loading a few ahead hides that wait.
+        while let Some(timer) = timers.pop_due(now) {
+            due.push(Some(timer));
+        }
+        for i in 0..due.len() {
+            if let Some(Some(ahead)) = due.get(i + PREFETCH_AHEAD) {
+                prefetch_object(ahead.as_any());
+            }
+            let Some(timer) = due[i].take() else { continue };
             timer.get().unschedule();
             if timer.get().is_cancelled() {
                 garbage.push(timer);
             } else {
-                state.ready.push_back(Ready::Callback(timer));
+                ready.push_back(Ready::Callback(timer));
             }
         }
+        due.clear();
+        // A burst of due timers leaves no large buffer behind.
+        due.shrink_to(DUE_BUFFER_KEPT);
         let mut batch = std::mem::take(&mut state.spare);
         std::mem::swap(&mut batch, &mut state.ready);
         batch
@@ -661,6 +685,14 @@ impl LoopCore {
             f64::INFINITY
         };
         while let Some(entry) = batch.pop_front() {
+            // A handle's first touch here is often a cache miss (timers scheduled long
+            // ago), and so is its context's: load them a few callbacks ahead.
+            if let Some(Ready::Callback(ahead)) = batch.get(PREFETCH_AHEAD) {
+                prefetch_object(ahead.as_any());
+            }
+            if let Some(Ready::Callback(ahead)) = batch.get(PREFETCH_AHEAD / 2) {
+                ahead.get().prefetch_context();
+            }
             let handle = match entry {
                 Ready::Callback(handle) => handle,
                 Ready::Transport {
@@ -805,6 +837,7 @@ impl LoopCore {
                 timers: TimerHeap::default(),
                 watchers: FdWatchers::default(),
                 rearm: Vec::new(),
+                due: Vec::new(),
                 registry: Some(registry),
                 waker: Some(waker),
                 signal_fd: None,
