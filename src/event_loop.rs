@@ -47,6 +47,15 @@ use crate::transport::IoTransport;
 /// overflowing the poll timeout.
 const MAX_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
 
+/// Drops `items`, skipping the out-of-line drop code when they own no memory (most
+/// iterations' scratch vectors).
+#[inline(always)]
+fn discard<T>(items: Vec<T>) {
+    if items.capacity() == 0 && items.is_empty() {
+        std::mem::forget(items);
+    }
+}
+
 /// How many handles ahead the loop asks the CPU to load the handle it will touch next.
 const PREFETCH_AHEAD: usize = 7;
 
@@ -771,7 +780,9 @@ impl LoopCore {
         Ok(())
     }
 
-    fn rearm_and_recycle(&self, batch: VecDeque<Ready>) {
+    /// Re-arms the fds whose watchers ran, and keeps the emptied batch's buffer (if the
+    /// iteration got as far as taking one) as the next iteration's ready queue.
+    fn rearm_and_recycle(&self, batch: Option<VecDeque<Ready>>) {
         let mut state = self.state.lock();
         let State {
             watchers,
@@ -780,14 +791,22 @@ impl LoopCore {
             spare,
             ..
         } = &mut *state;
-        if let Some(registry) = registry {
-            for fd in rearm.drain(..) {
-                watchers.rearm(registry, fd);
+        if !rearm.is_empty() {
+            if let Some(registry) = registry {
+                for fd in rearm.drain(..) {
+                    watchers.rearm(registry, fd);
+                }
             }
+            rearm.clear();
         }
-        rearm.clear();
-        if batch.is_empty() && batch.capacity() > spare.capacity() {
-            *spare = batch;
+        if let Some(batch) = batch.filter(VecDeque::is_empty) {
+            // `take_batch` took the spare buffer, leaving a deque that owns no memory:
+            // forgetting it frees nothing and skips its drop (most of this function's
+            // cost for a loop running one callback per iteration).
+            let taken = std::mem::replace(spare, batch);
+            if taken.capacity() == 0 {
+                std::mem::forget(taken);
+            }
         }
     }
 
@@ -795,27 +814,32 @@ impl LoopCore {
         let py = slf.py();
         let mut garbage = Vec::new();
         let plan = self.poll_timeout(&mut garbage);
-        for timer in garbage {
-            timer.get().unschedule();
-            self.spare_handles.retire(py, timer);
+        // Most iterations have no garbage: skip the (out-of-line) drop of an iterator.
+        if !garbage.is_empty() {
+            for timer in garbage.drain(..) {
+                timer.get().unschedule();
+                self.spare_handles.retire(py, timer);
+            }
         }
         let polled = match plan {
             PollPlan::Poll(timeout) => self.poll_io(py, timeout),
             PollPlan::Skip => Ok(()),
         };
-        let mut garbage = Vec::new();
         let mut batch = match polled {
             Ok(()) => self.take_batch(&mut garbage),
             Err(err) => {
-                self.rearm_and_recycle(VecDeque::new());
+                self.rearm_and_recycle(None);
                 return Err(err);
             }
         };
-        for timer in garbage {
-            self.spare_handles.retire(py, timer);
+        if !garbage.is_empty() {
+            for timer in garbage.drain(..) {
+                self.spare_handles.retire(py, timer);
+            }
         }
+        discard(garbage);
         let outcome = self.run_batch(slf, &mut batch);
-        self.rearm_and_recycle(batch);
+        self.rearm_and_recycle(Some(batch));
         outcome
     }
 }
