@@ -26,7 +26,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::call_args::Args;
@@ -60,6 +62,43 @@ fn missing_error(method: &str, missing: &[&str]) -> PyErr {
     ))
 }
 
+/// The keyword names `("context",)` of asyncio's C `Future` and `Task`, which schedule
+/// every task step and done callback with them: one tuple for the whole process, whose
+/// string is not interned, so it is recognised by identity once seen.
+static CONTEXT_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+
+/// Whether the keyword names `kwnames` (a tuple of str) are exactly `("context",)`, as
+/// found cheaply: by identity with the names seen before or with the interned string.
+///
+/// # Safety
+/// `kwnames` is a live tuple of str, borrowed.
+#[inline]
+unsafe fn is_context_only(py: Python<'_>, kwnames: *mut ffi::PyObject) -> bool {
+    if CONTEXT_KWNAMES
+        .get(py)
+        .is_some_and(|known| known.as_ptr() == kwnames)
+    {
+        return true;
+    }
+    if ffi::PyTuple_GET_SIZE(kwnames) != 1 {
+        return false;
+    }
+    let name = ffi::PyTuple_GET_ITEM(kwnames, 0);
+    if name == intern!(py, "context").as_ptr() {
+        return true;
+    }
+    let is_context = Bound::from_borrowed_ptr(py, name)
+        .cast::<PyString>()
+        .is_ok_and(|name| name.to_str().is_ok_and(|name| name == "context"));
+    if is_context {
+        // The first such tuple not made of interned strings is kept (alive, so that its
+        // address cannot be reused): in practice, `_asyncio`'s.
+        let tuple = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
+        let _ = CONTEXT_KWNAMES.get_or_init(py, || tuple.unbind());
+    }
+    is_context
+}
+
 /// Parses `(fixed[0], ..., *args, context=None)` from a vectorcall.
 ///
 /// # Safety
@@ -79,7 +118,9 @@ unsafe fn parse<'py, const FIXED: usize>(
         *slot = Some(Bound::from_borrowed_ptr(py, *args.add(i)));
     }
     let mut context = None;
-    if !kwnames.is_null() {
+    if !kwnames.is_null() && is_context_only(py, kwnames) {
+        context = Some(Bound::from_borrowed_ptr(py, *args.add(nargs)));
+    } else if !kwnames.is_null() {
         let kwnames = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
         for (k, name) in kwnames.iter().enumerate() {
             let value = Bound::from_borrowed_ptr(py, *args.add(nargs + k));

@@ -201,6 +201,21 @@ def test_callback_runs_in_the_given_context(loop):
     assert seen == ["in ctx"] * 4
 
 
+def test_context_keyword_spelled_by_a_string_made_at_run_time(loop):
+    # Keyword names usually come interned from a call site's constants (or from one tuple
+    # in asyncio's C module); one built at run time must be recognised all the same.
+    seen = []
+    for value in ("first", "second"):
+        ctx = contextvars.Context()
+        ctx.run(var.set, value)
+        name = "".join(["con", "text"])
+        loop.call_soon(lambda *args: seen.append((var.get(), args)), value, **{name: ctx})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'contexts'"):
+        loop.call_soon(print, **{"".join(["con", "texts"]): None})
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == [("first", ("first",)), ("second", ("second",))]
+
+
 def test_context_changes_inside_a_callback_do_not_leak(loop):
     seen = []
     ctx = contextvars.Context()
