@@ -130,7 +130,11 @@ fn format_helper<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py
     module.bind(py).getattr(name)
 }
 
-/// `callable(*positional, **dict(zip(keywords, values)))` as one vectorcall.
+/// The most arguments `call_with_keywords` passes (`Task(coro, loop=, name=, context=)`).
+const MAX_KEYWORD_CALL_ARGS: usize = 4;
+
+/// `callable(*positional, **dict(zip(keywords, values)))` as one vectorcall, its argument
+/// vector on the stack (this makes every task and future).
 fn call_with_keywords<'py>(
     callable: &Bound<'py, PyAny>,
     positional: &[&Bound<'py, PyAny>],
@@ -138,11 +142,12 @@ fn call_with_keywords<'py>(
     values: &[&Bound<'py, PyAny>],
 ) -> PyResult<Bound<'py, PyAny>> {
     debug_assert_eq!(keywords.len(), values.len());
-    let args: Vec<*mut pyo3::ffi::PyObject> = positional
-        .iter()
-        .chain(values)
-        .map(|arg| arg.as_ptr())
-        .collect();
+    let mut args = [std::ptr::null_mut(); MAX_KEYWORD_CALL_ARGS];
+    let count = positional.len() + values.len();
+    assert!(count <= MAX_KEYWORD_CALL_ARGS, "too many arguments");
+    for (slot, arg) in args.iter_mut().zip(positional.iter().chain(values)) {
+        *slot = arg.as_ptr();
+    }
     // SAFETY: attached; every pointer in `args` is borrowed from a `Bound` that outlives
     // the call, `keywords` is a tuple of str naming the last `values.len()` of them.
     unsafe {
