@@ -223,23 +223,22 @@ impl LoopCore {
         ))
     }
 
-    fn make_handle(
+    /// A new handle (not a spare one), with its source traceback in debug mode.
+    fn new_handle(
         &self,
         py: Python<'_>,
-        callback: Bound<'_, PyAny>,
-        args: Args,
-        context: Option<Bound<'_, PyAny>>,
+        (callback, args, context): (Bound<'_, PyAny>, Args, Option<Bound<'_, PyAny>>),
         debug: bool,
-    ) -> PyResult<Py<Handle>> {
-        let handle = Handle::new(
+        timer: Option<TimerState>,
+    ) -> PyResult<Handle> {
+        Handle::new(
             py,
             callback.unbind(),
             args,
             context.map(Bound::unbind),
             self.source_traceback(py, debug)?,
-            None,
-        )?;
-        Py::new(py, handle)
+            timer,
+        )
     }
 
     fn push_ready(&self, py: Python<'_>, handle: &Py<Handle>) {
@@ -264,14 +263,8 @@ impl LoopCore {
             self.check_callback(&callback, "call_at")?;
         }
         let timer = if debug {
-            let base = Handle::new(
-                py,
-                callback.unbind(),
-                args,
-                context.map(Bound::unbind),
-                self.source_traceback(py, debug)?,
-                Some(TimerState::new(when, self.timers_cancelled.clone())),
-            )?;
+            let state = TimerState::new(when, self.timers_cancelled.clone());
+            let base = self.new_handle(py, (callback, args, context), debug, Some(state))?;
             Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))?
         } else {
             self.spare_handles.take_timer(
@@ -306,7 +299,10 @@ impl LoopCore {
             self.check_callback(&callback, method)?;
         }
         let handle = if debug {
-            self.make_handle(py, callback, args, context, debug)?
+            Py::new(
+                py,
+                self.new_handle(py, (callback, args, context), debug, None)?,
+            )?
         } else {
             self.spare_handles
                 .take(py, callback.unbind(), args, context.map(Bound::unbind))?
@@ -521,7 +517,8 @@ impl LoopCore {
         let py = fileobj.py();
         let fd = fileobj_to_fd(fileobj)?;
         self.check_closed()?;
-        let handle = self.make_handle(py, callback, Args::Tuple(args.unbind()), None, false)?;
+        let call = (callback, Args::Tuple(args.unbind()), None);
+        let handle = Py::new(py, self.new_handle(py, call, false, None)?)?;
         show_handle(handle.bind(py));
         let installed = handle.clone_ref(py);
         let outcome = {

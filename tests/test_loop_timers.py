@@ -1,7 +1,6 @@
 """call_later, call_at, loop.time(): ordering, precision, cancellation, bad arguments."""
 
 import asyncio
-import contextvars
 import math
 import sys
 import time
@@ -11,8 +10,6 @@ import pytest
 
 # The stdlib loop runs a timer when `when < loop.time() + clock resolution`.
 RESOLUTION = time.get_clock_info("monotonic").resolution
-
-var = contextvars.ContextVar("var", default="unset")
 
 
 def run_for(loop, seconds):
@@ -324,27 +321,6 @@ def test_a_timer_made_after_cancelled_ones_were_freed_has_its_own_state(loop):
     loop.run_until_complete(asyncio.sleep(0.05))
     assert calls == list(reversed(range(10)))
     assert not any(timer._scheduled for timer in timers)
-
-
-def test_refilled_timers_each_run_in_their_own_context(loop):
-    churn_timers(loop)
-    seen = []
-
-    def set_and_read(value):
-        seen.append(var.get())
-        var.set(value)
-
-    for round_ in range(3):
-        for i in range(5):
-            loop.call_later(0, set_and_read, f"{round_}.{i}")
-        loop.run_until_complete(asyncio.sleep(0.001))
-    given = contextvars.copy_context()
-    given.run(var.set, "given")
-    loop.call_later(0, set_and_read, "changed", context=given)
-    loop.run_until_complete(asyncio.sleep(0.001))
-    assert seen == ["unset"] * 15 + ["given"]
-    assert given.run(var.get) == "changed"
-    assert var.get() == "unset"
 
 
 def test_refilled_timers_cancelled_in_the_heap_are_still_compacted_away(loop):
