@@ -681,21 +681,28 @@ class SchedulesWhenFreed:
     """An argument whose finaliser schedules another callback (run while the loop lets go
     of the handle that held it)."""
 
-    def __init__(self, loop, log, depth):
-        self.loop, self.log, self.depth = loop, log, depth
+    def __init__(self, loop, log, depth, method="call_soon"):
+        self.loop, self.log, self.depth, self.method = loop, log, depth, method
 
     def __del__(self):
         self.log.append(self.depth)
         if self.depth:
-            nested = SchedulesWhenFreed(self.loop, self.log, self.depth - 1)
-            self.loop.call_soon(lambda arg: None, nested)
+            nested = SchedulesWhenFreed(self.loop, self.log, self.depth - 1, self.method)
+            schedule(self.loop, self.method, lambda arg: None, nested)
 
 
-def test_an_argument_freed_with_its_handle_can_schedule_callbacks(loop):
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_an_argument_freed_with_its_handle_can_schedule_callbacks(loop, method, cancelled):
+    # The loop lets go of a handle or timer (and so of its arguments) while it keeps or
+    # refills spare ones; a finaliser scheduling more must find the loop's state usable.
     log = []
     run_a_burst_of_handles(loop)
     for _ in range(10):
-        loop.call_soon(lambda arg: None, SchedulesWhenFreed(loop, log, 5))
+        handle = schedule(loop, method, lambda arg: None, SchedulesWhenFreed(loop, log, 5, method))
+        if cancelled:
+            handle.cancel()
+        del handle
     loop.run_until_complete(asyncio.sleep(0.05))
     assert sorted(log) == sorted(list(range(6)) * 10)
 
