@@ -250,13 +250,17 @@ impl FdWatchers {
         Ok(replaced)
     }
 
-    /// Forgets a transport's fd (before its socket is closed).
     /// Whether any fd other than `except` is registered (watchers and transports).
+    /// Asked every iteration: the table is searched only when one fd is registered.
     pub fn any_except(&self, except: Option<RawFd>) -> bool {
-        let excepted = except.is_some_and(|fd| self.watches.contains_key(&fd));
-        self.watches.len() + self.transports.len() > usize::from(excepted)
+        match self.watches.len() + self.transports.len() {
+            0 => false,
+            1 => !except.is_some_and(|fd| self.watches.contains_key(&fd)),
+            _ => true,
+        }
     }
 
+    /// Forgets a transport's fd (before its socket is closed).
     pub fn remove_transport(&mut self, registry: &Registry, fd: RawFd) -> Option<IoTransport> {
         let transport = self.transports.remove(&fd)?;
         let _ = registry.deregister(&mut SourceFd(&fd));
