@@ -29,11 +29,6 @@ pub enum BoundArgs<'py> {
 }
 
 impl Args {
-    /// No arguments.
-    pub fn empty() -> Self {
-        Self::Zero
-    }
-
     /// The arguments `items` (borrowed references), inline if there are few enough.
     ///
     /// # Safety

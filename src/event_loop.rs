@@ -812,17 +812,22 @@ impl LoopCore {
         }
     }
 
-    fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let mut garbage = Vec::new();
-        let plan = self.poll_timeout(&mut garbage);
-        // Most iterations have no garbage: skip the (out-of-line) drop of an iterator.
+    /// Lets go of the cancelled timers taken out of the heap (`garbage`, left empty).
+    fn retire_timers(&self, py: Python<'_>, garbage: &mut Vec<Py<Handle>>) {
+        // Most iterations have none: skip the (out-of-line) drop of an iterator.
         if !garbage.is_empty() {
             for timer in garbage.drain(..) {
                 timer.get().unschedule();
                 self.spare_handles.retire(py, timer);
             }
         }
+    }
+
+    fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut garbage = Vec::new();
+        let plan = self.poll_timeout(&mut garbage);
+        self.retire_timers(py, &mut garbage);
         let polled = match plan {
             PollPlan::Poll(timeout) => self.poll_io(py, timeout),
             PollPlan::Skip => Ok(()),
@@ -834,11 +839,7 @@ impl LoopCore {
                 return Err(err);
             }
         };
-        if !garbage.is_empty() {
-            for timer in garbage.drain(..) {
-                self.spare_handles.retire(py, timer);
-            }
-        }
+        self.retire_timers(py, &mut garbage);
         discard(garbage);
         let outcome = self.run_batch(slf, &mut batch);
         self.rearm_and_recycle(Some(batch));

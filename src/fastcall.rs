@@ -118,29 +118,33 @@ unsafe fn parse<'py, const FIXED: usize>(
         *slot = Some(Bound::from_borrowed_ptr(py, *args.add(i)));
     }
     let mut context = None;
-    if !kwnames.is_null() && is_context_only(py, kwnames) {
-        context = Some(Bound::from_borrowed_ptr(py, *args.add(nargs)));
-    } else if !kwnames.is_null() {
-        let kwnames = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
-        for (k, name) in kwnames.iter().enumerate() {
-            let value = Bound::from_borrowed_ptr(py, *args.add(nargs + k));
-            let name = name.cast_into::<PyString>()?;
-            let name = name.to_str()?;
-            if name == "context" {
-                context = Some(value);
-                continue;
-            }
-            match names.iter().position(|fixed_name| *fixed_name == name) {
-                Some(i) if fixed[i].is_some() => {
-                    return Err(PyTypeError::new_err(format!(
-                        "Loop.{method}() got multiple values for argument '{name}'"
-                    )))
+    match (!kwnames.is_null()).then_some(kwnames) {
+        None => {}
+        Some(kwnames) if is_context_only(py, kwnames) => {
+            context = Some(Bound::from_borrowed_ptr(py, *args.add(nargs)));
+        }
+        Some(kwnames) => {
+            let kwnames = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
+            for (k, name) in kwnames.iter().enumerate() {
+                let value = Bound::from_borrowed_ptr(py, *args.add(nargs + k));
+                let name = name.cast_into::<PyString>()?;
+                let name = name.to_str()?;
+                if name == "context" {
+                    context = Some(value);
+                    continue;
                 }
-                Some(i) => fixed[i] = Some(value),
-                None => {
-                    return Err(PyTypeError::new_err(format!(
-                        "Loop.{method}() got an unexpected keyword argument '{name}'"
-                    )))
+                match names.iter().position(|fixed_name| *fixed_name == name) {
+                    Some(i) if fixed[i].is_some() => {
+                        return Err(PyTypeError::new_err(format!(
+                            "Loop.{method}() got multiple values for argument '{name}'"
+                        )))
+                    }
+                    Some(i) => fixed[i] = Some(value),
+                    None => {
+                        return Err(PyTypeError::new_err(format!(
+                            "Loop.{method}() got an unexpected keyword argument '{name}'"
+                        )))
+                    }
                 }
             }
         }
@@ -160,7 +164,7 @@ unsafe fn parse<'py, const FIXED: usize>(
             std::slice::from_raw_parts(args.add(FIXED), nargs - FIXED),
         )?
     } else {
-        Args::empty()
+        Args::Zero
     };
     Ok(SchedulingArgs {
         fixed: fixed.map(|value| value.expect("checked above")),

@@ -134,12 +134,22 @@ impl Handle {
         source_traceback: Option<Py<PyAny>>,
         timer: Option<TimerState>,
     ) -> PyResult<Self> {
-        Ok(Self {
-            slots: GilCell::new(Slots::holding(py, callback, args, context)?),
+        let slots = Slots::holding(py, callback, args, context)?;
+        Ok(Self::holding(slots, source_traceback, timer))
+    }
+
+    /// A handle around `slots`, not cancelled.
+    fn holding(
+        slots: Slots,
+        source_traceback: Option<Py<PyAny>>,
+        timer: Option<TimerState>,
+    ) -> Self {
+        Self {
+            slots: GilCell::new(slots),
             cancelled: AtomicBool::new(false),
             source_traceback,
             timer,
-        })
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -366,15 +376,7 @@ impl HandlePool {
                 *handle.get().slots.lock() = slots;
                 Ok(handle)
             }
-            None => Py::new(
-                py,
-                Handle {
-                    slots: GilCell::new(slots),
-                    cancelled: AtomicBool::new(false),
-                    source_traceback: None,
-                    timer: None,
-                },
-            ),
+            None => Py::new(py, Handle::holding(slots, None, None)),
         }
     }
 
@@ -400,12 +402,8 @@ impl HandlePool {
                 Ok(timer)
             }
             None => {
-                let base = Handle {
-                    slots: GilCell::new(slots),
-                    cancelled: AtomicBool::new(false),
-                    source_traceback: None,
-                    timer: Some(TimerState::new(when, heap_cancelled.clone())),
-                };
+                let state = TimerState::new(when, heap_cancelled.clone());
+                let base = Handle::holding(slots, None, Some(state));
                 Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))
             }
         }
