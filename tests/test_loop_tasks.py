@@ -19,6 +19,36 @@ def test_create_future_returns_a_future_bound_to_the_loop(loop):
     assert loop.run_until_complete(fut) == 1
 
 
+def test_futures_and_tasks_belong_to_their_loop_whichever_loop_runs(loop, loop_factory):
+    async def nothing():
+        return None
+
+    def made():
+        fut = loop.create_future()
+        task = loop.create_task(nothing())
+        return fut, task
+
+    async def inside():
+        return made()
+
+    # Made while the loop itself runs, while another loop runs, and while no loop runs
+    # but another is the current loop.
+    pairs = [loop.run_until_complete(inside())]
+    other = loop_factory()
+    try:
+        pairs.append(other.run_until_complete(inside()))
+        asyncio.set_event_loop(other)
+        pairs.append(made())
+    finally:
+        asyncio.set_event_loop(loop)
+        other.close()
+    for fut, task in pairs:
+        assert fut.get_loop() is loop
+        assert task.get_loop() is loop
+        fut.cancel()
+    loop.run_until_complete(asyncio.gather(*(task for _, task in pairs)))
+
+
 def test_create_task_returns_a_real_task_with_name(loop):
     async def work():
         return asyncio.current_task().get_name()
