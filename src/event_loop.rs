@@ -133,11 +133,20 @@ fn format_helper<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py
 /// Whether `slf` is asyncio's running loop in this thread: then `Future()` and
 /// `Task(coro)` find it themselves, and leaving out `loop=` spares CPython a keyword
 /// dictionary per call (about 450 instructions of a Future round trip's 7,400).
+#[cfg(Py_3_12)]
 fn is_running_loop(slf: &Bound<'_, LoopCore>) -> PyResult<bool> {
     static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let get_running_loop =
         GET_RUNNING_LOOP.import(slf.py(), "asyncio.events", "_get_running_loop")?;
     Ok(get_running_loop.call0()?.is(slf))
+}
+
+/// Always false before 3.12: there, every lookup of the running loop makes a `getpid`
+/// system call (a check against forked children), which costs more than the keyword
+/// dictionary it would spare.
+#[cfg(not(Py_3_12))]
+fn is_running_loop(_slf: &Bound<'_, LoopCore>) -> PyResult<bool> {
+    Ok(false)
 }
 
 /// The most arguments `call_with_keywords` passes (`Task(coro, loop=, name=, context=)`).
