@@ -4,6 +4,8 @@ import asyncio
 import contextvars
 import gc
 import sys
+import weakref
+from unittest import mock
 
 import pytest
 
@@ -344,3 +346,78 @@ def test_unretrieved_task_exception_is_reported_to_the_handler(loop):
     gc.collect()
     assert [ctx["message"] for ctx in contexts] == ["Task exception was never retrieved"]
     assert isinstance(contexts[0]["exception"], RuntimeError)
+
+
+# Task steps and done callbacks go through the loop's `call_soon` attribute (ferroloop keeps
+# it bound while running on 3.11): overrides, instance attributes and patches still apply.
+
+
+async def steps(count):
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def test_task_steps_go_through_a_subclass_call_soon(loop_factory):
+    class Counting(type(loop_factory())):
+        calls = 0
+
+        def call_soon(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().call_soon(*args, **kwargs)
+
+    loop = Counting()
+    try:
+        loop.run_until_complete(steps(5))
+    finally:
+        loop.close()
+    assert Counting.calls >= 5
+    assert "call_soon" not in vars(loop)
+
+
+def test_task_steps_go_through_call_soon_set_on_the_loop_while_running(loop):
+    calls = []
+    original = loop.call_soon
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    async def main():
+        loop.call_soon = counting
+        await steps(5)
+
+    loop.run_until_complete(main())
+    assert len(calls) >= 5
+    assert loop.call_soon is counting  # what the user set stays after the run
+    before = len(calls)
+    loop.run_until_complete(steps(3))  # and is used by the next run
+    assert len(calls) >= before + 3
+    assert loop.call_soon is counting
+    del loop.call_soon
+    assert "call_soon" not in vars(loop)
+    loop.run_until_complete(steps(2))
+    assert "call_soon" not in vars(loop)
+
+
+def test_task_steps_go_through_call_soon_patched_while_running(loop):
+    async def main():
+        with mock.patch.object(loop, "call_soon", wraps=loop.call_soon) as patched:
+            await steps(5)
+        await steps(2)  # and on, unpatched
+        return patched.call_count
+
+    assert loop.run_until_complete(main()) >= 5
+    assert "call_soon" not in vars(loop)
+
+
+def test_a_run_loop_is_freed_by_reference_counting_alone(loop_factory):
+    loop = loop_factory()
+    loop.run_until_complete(steps(3))
+    loop.close()
+    freed = weakref.ref(loop)
+    gc.disable()
+    try:
+        del loop
+        assert freed() is None
+    finally:
+        gc.enable()
