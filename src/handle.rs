@@ -205,10 +205,19 @@ impl Handle {
             ),
             _ => return Ok(()),
         };
+        // SAFETY: attached; `context` is alive through our clone.
+        if unsafe { ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
+            // Any object with a `run` method will do, as on the stdlib loop.
+            let mut call = vec![callback];
+            call.extend(args.into_tuple(py)?.iter());
+            return context
+                .call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call)?)
+                .map(drop);
+        }
         let context = context.as_ptr();
         // SAFETY: we are attached to the interpreter (`py`). `context` is a live
-        // contextvars.Context (checked when the handle was made); `callback` and `args`
-        // are kept alive by our clones for the whole call. Every entered context is exited.
+        // contextvars.Context (checked above); `callback` and `args` are kept alive by our
+        // clones for the whole call. Every entered context is exited.
         unsafe {
             if ffi::PyContext_Enter(context) < 0 {
                 return Err(PyErr::fetch(py));
@@ -278,7 +287,9 @@ pub(crate) fn hide_while_queued(handle: &Bound<'_, Handle>) {
         ffi::PyObject_GC_UnTrack(handle.as_ptr().cast());
         if let Some(slots) = handle.get().slots.try_lock() {
             if let Some(context) = &slots.context {
-                if ffi::Py_REFCNT(context.as_ptr()) == 1 {
+                if ffi::Py_REFCNT(context.as_ptr()) == 1
+                    && ffi::PyContext_CheckExact(context.as_ptr()) != 0
+                {
                     ffi::PyObject_GC_UnTrack(context.as_ptr().cast());
                 }
             }
@@ -290,6 +301,17 @@ pub(crate) fn hide_while_queued(handle: &Bound<'_, Handle>) {
 /// reused from the free list starts out of it.
 pub(crate) fn show_handle(handle: &Bound<'_, Handle>) {
     show(handle.as_any().as_unbound());
+}
+
+/// Puts a handle's context back in the collector's view, if it is one `hide_while_queued`
+/// may have hidden: a `contextvars.Context`. (`context=` accepts any object with a `run`
+/// method, as on the stdlib loop; tracking calls on an object of a type without collector
+/// support would write outside it.)
+fn show_context(context: &Py<PyAny>) {
+    // SAFETY: the caller holds a reference to `context`; the type check reads its header.
+    if unsafe { ffi::PyContext_CheckExact(context.as_ptr()) } != 0 {
+        show(context);
+    }
 }
 
 /// Puts an object (a handle, or a context hidden by `hide_while_queued`) back in the
@@ -319,7 +341,7 @@ pub(crate) fn leave_queue(py: Python<'_>, handle: Py<Handle>) {
             ffi::PyObject_GC_Track(ptr.cast());
             if let Some(slots) = handle.get().slots.try_lock() {
                 if let Some(context) = &slots.context {
-                    show(context);
+                    show_context(context);
                 }
             }
         }
@@ -421,7 +443,7 @@ impl HandlePool {
         let taken = {
             let mut slots = this.slots.lock();
             if let Some(context) = &slots.context {
-                show(context);
+                show_context(context);
             }
             (
                 slots.call.take(),
@@ -502,7 +524,7 @@ fn reusable_kind(handle: &Bound<'_, Handle>) -> Option<Spare> {
 impl Drop for Handle {
     fn drop(&mut self) {
         if let Some(context) = &self.slots.get_mut().context {
-            show(context);
+            show_context(context);
         }
     }
 }
@@ -632,7 +654,7 @@ impl Handle {
         let taken = {
             let mut slots = self.slots.lock();
             if let Some(context) = &slots.context {
-                show(context);
+                show_context(context);
             }
             (slots.call.take(), slots.context.take())
         };

@@ -201,6 +201,67 @@ def test_callback_runs_in_the_given_context(loop):
     assert seen == ["in ctx"] * 4
 
 
+class RunsCallbacks:
+    """Not a `contextvars.Context`, but has `run`: the stdlib's handles call only that."""
+
+    def __init__(self, runs):
+        self.runs = runs
+
+    def run(self, callback, *args):
+        self.runs.append(args)
+        return callback(*args)
+
+
+@pytest.mark.parametrize("nargs", [0, 1, 3])
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at"])
+def test_any_object_with_run_may_be_the_context(loop, method, nargs):
+    args = tuple(range(nargs))
+    runs, calls = [], []
+    schedule(loop, method, lambda *got: calls.append(got), *args, context=RunsCallbacks(runs))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gc.collect()
+    assert runs == [args]
+    assert calls == [args]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at"])
+@pytest.mark.parametrize("context", ["a str", 12345678901234567890, (1, 2)])
+def test_a_context_without_run_fails_like_any_callback(loop, method, context):
+    # The error goes to the exception handler; the loop goes on (and does not crash when
+    # it lets go of the handle: such objects may not be collector-tracked at all).
+    errors, calls = [], []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    handle = schedule(loop, method, calls.append, 1, context=context)
+    if sys.version_info >= (3, 12):
+        assert handle.get_context() is context
+    loop.call_soon(calls.append, 2)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    del handle
+    gc.collect()
+    assert calls == [2]
+    [error] = errors
+    assert error["message"].startswith("Exception in callback ")
+    assert isinstance(error["exception"], AttributeError)
+    assert "'run'" in str(error["exception"])
+
+
+def test_a_task_given_a_context_without_run_fails_like_any_callback(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def work():
+        return 1
+
+    coro = work()
+    task = loop.create_task(coro, context="not a context")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not task.done()
+    assert [type(error["exception"]) for error in errors] == [AttributeError]
+    coro.close()
+    del task
+    gc.collect()
+
+
 def test_context_keyword_spelled_by_a_string_made_at_run_time(loop):
     # Keyword names usually come interned from a call site's constants (or from one tuple
     # in asyncio's C module); one built at run time must be recognised all the same.
