@@ -444,7 +444,7 @@ impl LoopCore {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         static TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        static KEYWORDS: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+        static KEYWORDS: PyOnceLock<[Py<PyTuple>; 4]> = PyOnceLock::new();
         let py = slf.py();
         let this = slf.get();
         if this.debug.load(Ordering::Relaxed) || lock(&this.task_factory).is_some() {
@@ -458,22 +458,24 @@ impl LoopCore {
         if name.is_none() && context.is_none() && is_running_loop(slf)? {
             return task.call1((coro,));
         }
+        // Only the keywords given: each one costs CPython a dictionary entry and its parsing.
         let keywords = KEYWORDS.get_or_init(py, || {
-            PyTuple::new(py, ["loop", "name", "context"])
-                .unwrap()
-                .unbind()
+            [
+                &["loop"][..],
+                &["loop", "name"],
+                &["loop", "context"],
+                &["loop", "name", "context"],
+            ]
+            .map(|names| PyTuple::new(py, names).unwrap().unbind())
         });
-        let none = py.None().into_bound(py);
-        call_with_keywords(
-            task,
-            &[coro],
-            keywords.bind(py),
-            &[
-                slf.as_any(),
-                name.unwrap_or(&none),
-                context.unwrap_or(&none),
-            ],
-        )
+        let which = usize::from(name.is_some()) | usize::from(context.is_some()) << 1;
+        let mut values = [slf.as_any(); 3];
+        let mut count = 1;
+        for value in [name, context].into_iter().flatten() {
+            values[count] = value;
+            count += 1;
+        }
+        call_with_keywords(task, &[coro], keywords[which].bind(py), &values[..count])
     }
 
     /// Registers a transport's fd with the poller.

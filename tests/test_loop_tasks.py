@@ -62,6 +62,24 @@ def test_create_task_returns_a_real_task_with_name(loop):
     assert loop.run_until_complete(task) == "worker"
 
 
+@pytest.mark.parametrize("name", [None, "named"])
+@pytest.mark.parametrize("given_context", [False, True])
+def test_create_task_with_any_of_its_keywords(loop, name, given_context):
+    async def work():
+        return asyncio.current_task().get_name(), var.get()
+
+    ctx = contextvars.Context()
+    ctx.run(var.set, "given")
+    kwargs = {"context": ctx} if given_context else {}
+    if name is not None:
+        kwargs["name"] = name
+    task = loop.create_task(work(), **kwargs)
+    assert task.get_loop() is loop
+    got_name, seen = loop.run_until_complete(task)
+    assert got_name == name if name else got_name.startswith("Task-")
+    assert seen == ("given" if given_context else "unset")
+
+
 def test_create_task_runs_in_the_given_context(loop):
     async def work():
         seen = var.get()
