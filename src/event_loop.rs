@@ -110,6 +110,25 @@ pub struct LoopCore {
     /// Handles that ran and timers that left the heap, kept for `call_soon` and
     /// `call_later` to refill.
     spare_handles: HandlePool,
+    /// `{"loop": self}` while `_run_loop` runs (a cycle through the loop only then): the
+    /// keyword arguments of every `Future`/`Task` it makes, passed as they are instead of
+    /// CPython building and parsing a new dictionary per call (see `call_with_loop_keyword`).
+    loop_keyword: GilCell<Option<Py<PyDict>>>,
+}
+
+/// `callable(*positional, **kwargs)` with the dictionary itself handed on: a type's
+/// `__init__` reads its keywords straight out of it.
+fn call_with_dict<'py>(
+    callable: &Bound<'py, PyAny>,
+    positional: Bound<'py, PyTuple>,
+    kwargs: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: attached; all three pointers are live for the call (borrowed from `Bound`s).
+    unsafe {
+        let result =
+            pyo3::ffi::PyObject_Call(callable.as_ptr(), positional.as_ptr(), kwargs.as_ptr());
+        Bound::from_owned_ptr_or_err(callable.py(), result)
+    }
 }
 
 fn thread_ident() -> u64 {
@@ -420,6 +439,12 @@ impl LoopCore {
             .map(|timer| timer.into_bound(py))
     }
 
+    /// `{"loop": self}`, while the loop runs.
+    fn running_loop_keyword<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyDict>> {
+        let kwargs = self.loop_keyword.lock();
+        kwargs.as_ref().map(|kwargs| kwargs.bind(py).clone())
+    }
+
     /// `create_future`: `asyncio.Future(loop=self)`.
     pub fn new_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         static FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -428,6 +453,9 @@ impl LoopCore {
         let future = FUTURE.import(py, "asyncio.futures", "Future")?;
         if is_running_loop(slf)? {
             return future.call0();
+        }
+        if let Some(kwargs) = slf.get().running_loop_keyword(py) {
+            return call_with_dict(future, PyTuple::empty(py), &kwargs);
         }
         let keywords =
             LOOP_KEYWORD.get_or_init(py, || PyTuple::new(py, ["loop"]).unwrap().unbind());
@@ -455,8 +483,13 @@ impl LoopCore {
         }
         this.check_closed()?;
         let task = TASK.import(py, "asyncio.tasks", "Task")?;
-        if name.is_none() && context.is_none() && is_running_loop(slf)? {
-            return task.call1((coro,));
+        if name.is_none() && context.is_none() {
+            if is_running_loop(slf)? {
+                return task.call1((coro,));
+            }
+            if let Some(kwargs) = this.running_loop_keyword(py) {
+                return call_with_dict(task, PyTuple::new(py, [coro])?, &kwargs);
+            }
         }
         // Only the keywords given: each one costs CPython a dictionary entry and its parsing.
         let keywords = KEYWORDS.get_or_init(py, || {
@@ -906,6 +939,7 @@ impl LoopCore {
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
             task_factory: Mutex::new(None),
             spare_handles: HandlePool::new(),
+            loop_keyword: GilCell::new(None),
         })
     }
 
@@ -954,12 +988,17 @@ impl LoopCore {
         if let Ok(factory) = self.task_factory.try_lock() {
             visit.call(&*factory)?;
         }
+        if let Some(kwargs) = self.loop_keyword.try_lock() {
+            visit.call(&*kwargs)?;
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
         let factory = lock(&self.task_factory).take();
         drop(factory);
+        let kwargs = self.loop_keyword.lock().take();
+        drop(kwargs);
     }
 
     /// The task factory `create_task` uses, or None (the stdlib's attribute).
@@ -1020,6 +1059,9 @@ impl LoopCore {
     /// Runs iterations until `stop()`; `Loop.run_forever` does the setup around it.
     fn _run_loop(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        let kwargs = PyDict::new(slf.py());
+        kwargs.set_item(intern!(slf.py(), "loop"), slf)?;
+        *this.loop_keyword.lock() = Some(kwargs.unbind());
         this.running_thread.store(thread_ident(), Ordering::Release);
         let outcome = loop {
             if let Err(err) = this.run_once(slf) {
@@ -1031,6 +1073,8 @@ impl LoopCore {
         };
         this.stopping.store(false, Ordering::Release);
         this.running_thread.store(0, Ordering::Release);
+        let kwargs = this.loop_keyword.lock().take();
+        drop(kwargs);
         outcome
     }
 
