@@ -149,25 +149,6 @@ fn format_helper<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py
     module.bind(py).getattr(name)
 }
 
-/// Whether `slf` is asyncio's running loop in this thread: then `Future()` and
-/// `Task(coro)` find it themselves, and leaving out `loop=` spares CPython a keyword
-/// dictionary per call (about 450 instructions of a Future round trip's 7,400).
-#[cfg(Py_3_12)]
-fn is_running_loop(slf: &Bound<'_, LoopCore>) -> PyResult<bool> {
-    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let get_running_loop =
-        GET_RUNNING_LOOP.import(slf.py(), "asyncio.events", "_get_running_loop")?;
-    Ok(get_running_loop.call0()?.is(slf))
-}
-
-/// Always false before 3.12: there, every lookup of the running loop makes a `getpid`
-/// system call (a check against forked children), which costs more than the keyword
-/// dictionary it would spare.
-#[cfg(not(Py_3_12))]
-fn is_running_loop(_slf: &Bound<'_, LoopCore>) -> PyResult<bool> {
-    Ok(false)
-}
-
 /// The most arguments `call_with_keywords` passes (`Task(coro, loop=, name=, context=)`).
 const MAX_KEYWORD_CALL_ARGS: usize = 4;
 
@@ -451,9 +432,6 @@ impl LoopCore {
         static LOOP_KEYWORD: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
         let py = slf.py();
         let future = FUTURE.import(py, "asyncio.futures", "Future")?;
-        if is_running_loop(slf)? {
-            return future.call0();
-        }
         if let Some(kwargs) = slf.get().running_loop_keyword(py) {
             return call_with_dict(future, PyTuple::empty(py), &kwargs);
         }
@@ -484,9 +462,6 @@ impl LoopCore {
         this.check_closed()?;
         let task = TASK.import(py, "asyncio.tasks", "Task")?;
         if name.is_none() && context.is_none() {
-            if is_running_loop(slf)? {
-                return task.call1((coro,));
-            }
             if let Some(kwargs) = this.running_loop_keyword(py) {
                 return call_with_dict(task, PyTuple::new(py, [coro])?, &kwargs);
             }
