@@ -169,7 +169,8 @@ unsafe fn parse<'py, const FIXED: usize>(
     Ok(SchedulingArgs {
         fixed: fixed.map(|value| value.expect("checked above")),
         args: rest,
-        context,
+        // `context=None` is the default spelled out: a copy of the current context.
+        context: context.filter(|context| !context.is_none()),
     })
 }
 
@@ -324,6 +325,9 @@ unsafe extern "C" fn create_task(
             }
         }
         let coro = coro.ok_or_else(|| missing_error("create_task", &["coro"]))?;
+        // `None` spelled out is each keyword's default.
+        let name = name.filter(|name| !name.is_none());
+        let context = context.filter(|context| !context.is_none());
         LoopCore::new_task(&slf, &coro, name.as_ref(), context.as_ref())
     })
 }

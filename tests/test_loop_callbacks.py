@@ -245,6 +245,67 @@ def test_a_context_without_run_fails_like_any_callback(loop, method, context):
     assert "'run'" in str(error["exception"])
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at"])
+def test_context_none_spelled_out_means_a_copy_of_the_current_context(loop, method):
+    seen = []
+    token = var.set("current")
+    try:
+        schedule(loop, method, lambda: seen.append(var.get()), context=None)
+    finally:
+        var.reset(token)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert seen == ["current"]
+
+
+class RunRaises:
+    def run(self, callback, *args):
+        raise ValueError("run refused")
+
+
+class RunNotCallable:
+    run = 5
+
+
+ODD_CONTEXTS = [
+    None,
+    contextvars.Context(),
+    "s",
+    7,
+    2**70,
+    1.5,
+    b"x",
+    (1,),
+    [1],
+    {},
+    RunsCallbacks([]),
+    RunRaises(),
+    RunNotCallable(),
+    object(),
+]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at"])
+@pytest.mark.parametrize("context", ODD_CONTEXTS, ids=lambda c: type(c).__name__)
+def test_any_context_value_behaves_as_on_the_stdlib_loop(method, context):
+    import ferroloop
+
+    def observe(new_loop):
+        loop = new_loop()
+        errors, calls = [], []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(type(ctx["exception"])))
+        try:
+            schedule(loop, method, calls.append, 1, context=context)
+            refused = None
+        except Exception as exc:  # noqa: BLE001 - the type is what is compared
+            refused = type(exc)
+        loop.run_until_complete(asyncio.sleep(0.002))
+        loop.close()
+        gc.collect()
+        return refused, errors, calls
+
+    assert observe(ferroloop.new_event_loop) == observe(asyncio.new_event_loop)
+
+
 def test_a_task_given_a_context_without_run_fails_like_any_callback(loop):
     errors = []
     loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))

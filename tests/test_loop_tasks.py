@@ -80,6 +80,20 @@ def test_create_task_with_any_of_its_keywords(loop, name, given_context):
     assert seen == ("given" if given_context else "unset")
 
 
+def test_create_task_with_its_defaults_spelled_out(loop):
+    async def work():
+        return asyncio.current_task().get_name(), var.get()
+
+    token = var.set("current")
+    try:
+        task = loop.create_task(work(), name=None, context=None)
+    finally:
+        var.reset(token)
+    name, seen = loop.run_until_complete(task)
+    assert name.startswith("Task-")
+    assert seen == "current"
+
+
 def test_create_task_runs_in_the_given_context(loop):
     async def work():
         seen = var.get()
