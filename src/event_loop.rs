@@ -405,7 +405,11 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         // The stdlib accepts any object here and fails when the heap compares it with
-        // another deadline; we fail at once, with that comparison's error.
+        // another deadline; we fail at once, with that comparison's error. (An object that
+        // converts to float but does not compare with one fails too, as it would there.)
+        if !(when.is_instance_of::<PyFloat>() || when.is_instance_of::<PyInt>()) {
+            when.lt(0.0)?;
+        }
         let when: f64 = when.extract().map_err(|_| {
             let name = when
                 .get_type()

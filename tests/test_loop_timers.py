@@ -1,6 +1,7 @@
 """call_later, call_at, loop.time(): ordering, precision, cancellation, bad arguments."""
 
 import asyncio
+import fractions
 import math
 import sys
 import time
@@ -210,16 +211,35 @@ def test_call_at_with_none(assert_same_error):
     assert isinstance(exc, TypeError)
 
 
-def test_call_at_with_a_string_while_another_timer_is_scheduled(loop, stdlib_error):
+class ConvertsButDoesNotCompare:
+    """Converts to float (and to an index), yet `<` against a float is not supported."""
+
+    def __float__(self):
+        return 0.0
+
+    def __index__(self):
+        return 0
+
+
+@pytest.mark.parametrize("when", ["1", ConvertsButDoesNotCompare()], ids=["str", "converts"])
+def test_call_at_with_a_non_number_while_another_timer_is_scheduled(loop, stdlib_error, when):
     # The stdlib's message comes from comparing deadlines in its heap: only the type must match.
     def action(lp):
         lp.call_later(10, print)
-        lp.call_at("1", print)
+        lp.call_at(when, print)
 
     expected = stdlib_error(action)
     assert isinstance(expected, TypeError)
     with pytest.raises(TypeError):
         action(loop)
+
+
+def test_call_at_with_a_number_that_compares_with_floats_runs(loop):
+    # (Not Decimal: the stdlib loop fails on `Decimal - float` when it computes its timeout.)
+    calls = []
+    loop.call_at(fractions.Fraction(str(round(loop.time(), 3))), calls.append, "ran")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert calls == ["ran"]
 
 
 def test_call_later_with_nan_delay_runs_the_timer_at_once(loop):
