@@ -693,16 +693,19 @@ impl LoopCore {
 
     /// Moves due timers to the ready queue and takes the batch this iteration runs.
     fn take_batch(&self, garbage: &mut Vec<Py<Handle>>) -> VecDeque<Ready> {
-        let now = clock::monotonic();
         let mut state = self.state.lock();
         let State {
             timers, due, ready, ..
         } = &mut *state;
         // Popped first, then marked: popping reads only the heap, and marking a timer
         // reads the handle, which many due timers (scheduled long ago, in another order)
-        // have let fall out of the cache: loading a few ahead hides that wait.
-        while let Some(timer) = timers.pop_due(now) {
-            due.push(Some(timer));
+        // have let fall out of the cache: loading a few ahead hides that wait. (No timers,
+        // no clock reading: loops of task steps and I/O often have none.)
+        if !timers.is_empty() {
+            let now = clock::monotonic();
+            while let Some(timer) = timers.pop_due(now) {
+                due.push(Some(timer));
+            }
         }
         for i in 0..due.len() {
             if let Some(Some(ahead)) = due.get(i + PREFETCH_AHEAD) {

@@ -79,6 +79,10 @@ impl<T> TimerHeap<T> {
         self.heap.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// The earliest deadline, if any timer is left.
     pub fn next_deadline(&self) -> Option<f64> {
         self.heap.peek().map(|e| e.when)
