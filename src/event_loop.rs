@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use mio::{Registry, Waker};
 use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+    PyKeyboardInterrupt, PyOverflowError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -180,32 +180,36 @@ fn call_with_keywords<'py>(
     }
 }
 
-/// `selectors`' rule for what may be watched: an int fd, or an object with `fileno()`.
-fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if fileobj.is_instance_of::<PyInt>() {
-        fileobj.extract()?
-    } else {
-        fileobj
-            .call_method0(intern!(fileobj.py(), "fileno"))
-            .and_then(|fd| {
-                fd.call_method0(intern!(fd.py(), "__index__"))
-                    .or_else(|_| fd.call_method0(intern!(fd.py(), "__int__")))
-            })
-            .and_then(|fd| fd.extract())
+/// `selectors`' rule for what may be watched: an int fd, or an object with `fileno()` whose
+/// result `int()` accepts; negative is invalid. `None` is a valid number beyond a C int,
+/// which no selector can hold: removing it finds nothing, adding it overflows.
+fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = fileobj.py();
+    let number = match fileobj.cast::<PyInt>() {
+        Ok(number) => number.clone(),
+        Err(_) => fileobj
+            .call_method0(intern!(py, "fileno"))
+            .and_then(|fd| py.get_type::<PyInt>().call1((fd,)))
+            .and_then(|fd| Ok(fd.cast_into::<PyInt>()?))
             .map_err(|_| {
                 let repr = fileobj
                     .repr()
                     .map(|r| r.to_string())
                     .unwrap_or_else(|_| "<object>".into());
                 PyValueError::new_err(format!("Invalid file object: {repr}"))
-            })?
+            })?,
     };
-    if fd < 0 {
+    if let Ok(fd) = number.extract::<RawFd>() {
+        if fd >= 0 {
+            return Ok(Some(fd));
+        }
+    }
+    if number.lt(0)? {
         return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
+            "Invalid file descriptor: {number}"
         )));
     }
-    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    Ok(None)
 }
 
 impl LoopCore {
@@ -554,8 +558,12 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         let py = fileobj.py();
-        let fd = fileobj_to_fd(fileobj)?;
         self.check_closed()?;
+        let Some(fd) = fileobj_to_fd(fileobj)? else {
+            return Err(PyOverflowError::new_err(
+                "Python int too large to convert to C int",
+            ));
+        };
         let call = (callback, Args::Tuple(args.unbind()), None);
         let handle = Py::new(py, self.new_handle(py, call, false, None)?)?;
         show_handle(handle.bind(py));
@@ -585,7 +593,9 @@ impl LoopCore {
         if self.closed.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fileobj)?;
+        let Some(fd) = fileobj_to_fd(fileobj)? else {
+            return Ok(false);
+        };
         let removed = {
             let mut state = self.state.lock();
             let State {

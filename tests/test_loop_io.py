@@ -1,5 +1,6 @@
 """add_reader / add_writer / remove_*: readiness callbacks on file descriptors."""
 
+import asyncio
 import os
 import resource
 import socket
@@ -240,6 +241,70 @@ def test_bad_file_objects(assert_same_error, method, bad):
 
     exc = assert_same_error(action)
     assert isinstance(exc, ValueError)
+
+
+class FilenoReturns:
+    def __init__(self, value):
+        self.value = value
+
+    def fileno(self):
+        return self.value
+
+    def __repr__(self):
+        return f"FilenoReturns({self.value!r})"
+
+
+def watch_outcome(loop, method, fileobj):
+    try:
+        if method.startswith("add"):
+            return ("returned", getattr(loop, method)(fileobj, print))
+        return ("returned", getattr(loop, method)(fileobj))
+    except Exception as exc:  # noqa: BLE001 - the outcome is what is compared
+        return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
+@pytest.mark.parametrize(
+    "fileobj",
+    [
+        2**31,
+        2**32,
+        2**70,
+        -(2**70),
+        FilenoReturns(2**70),
+        FilenoReturns(-(2**40)),
+        FilenoReturns(2.5),
+        FilenoReturns("x"),
+        FilenoReturns(None),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
+def test_numbers_no_selector_can_hold_as_on_the_stdlib_loop(loop_factory, method, fileobj, closed):
+    # selectors checks only the sign; a number beyond a C int overflows when registered
+    # and is simply not found when removed.
+    outcomes = []
+    for factory in (loop_factory, asyncio.SelectorEventLoop):
+        lp = factory()
+        if closed:
+            lp.close()
+        try:
+            outcomes.append(watch_outcome(lp, method, fileobj))
+        finally:
+            lp.close()
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_fileno_that_int_accepts_is_watched(loop, pair):
+    a, b = pair
+    got = []
+    # int() turns the float into a's fd, as selectors does.
+    loop.add_reader(FilenoReturns(float(a.fileno())), got.append, "ready")
+    b.send(b"x")
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert got and got[0] == "ready"
+    assert loop.remove_reader(a.fileno()) is True
 
 
 def open_fds():
