@@ -41,6 +41,7 @@ use crate::handle::{
 };
 use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
 use crate::timers::TimerHeap;
+use crate::transport::stream::StreamCore;
 use crate::transport::IoTransport;
 
 /// The longest single poll, as in the stdlib (one day): keeps far deadlines from
@@ -114,6 +115,11 @@ pub struct LoopCore {
     /// keyword arguments of every `Future`/`Task` it makes, passed as they are instead of
     /// CPython building and parsing a new dictionary per call (see `call_with_loop_keyword`).
     loop_keyword: GilCell<Option<Py<PyDict>>>,
+    /// Set while `run_batch` runs callbacks and transport events: a stream write made then
+    /// is held until that callback returns (see `StreamCore::write_data`).
+    dispatching: AtomicBool,
+    /// Stream transports holding the running callback's writes, sent when it returns.
+    held_writes: GilCell<Vec<Py<StreamCore>>>,
 }
 
 /// `callable(*positional, **kwargs)` with the dictionary itself handed on: a type's
@@ -738,7 +744,53 @@ impl LoopCore {
     }
 
     /// Runs one batch; on an exception that must propagate, puts the rest back in front.
+    /// Runs one iteration's batch; what its callbacks wrote to stream transports is sent as
+    /// each callback returns (so several writes of one callback leave in one `sendmsg`).
     fn run_batch(&self, slf: &Bound<'_, Self>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
+        self.dispatching.store(true, Ordering::Relaxed);
+        let outcome = self.run_batch_entries(slf, batch);
+        self.dispatching.store(false, Ordering::Relaxed);
+        let sent = self.send_held_writes(slf);
+        outcome.and(sent)
+    }
+
+    /// Whether a stream write now is made by a callback of this loop's batch, and so may be
+    /// held until the callback returns.
+    pub fn is_dispatching(&self) -> bool {
+        self.dispatching.load(Ordering::Relaxed)
+    }
+
+    /// `transport` holds writes of the running callback: send them when it returns.
+    pub fn hold_writes_of(&self, transport: Py<StreamCore>) {
+        self.held_writes.lock().push(transport);
+    }
+
+    /// Sends the writes held by the callback that just returned. A transport's errors are
+    /// its own (it reports them and closes); only exit exceptions, or errors of the
+    /// exception handler itself, come out.
+    fn send_held_writes(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        loop {
+            let Some(transport) = self.held_writes.lock().pop() else {
+                return Ok(());
+            };
+            if let Err(err) = StreamCore::send_held(transport.bind(py)) {
+                if is_exit_exception(py, &err) {
+                    return Err(err);
+                }
+                let context = PyDict::new(py);
+                context.set_item("message", "Exception in transport I/O")?;
+                context.set_item("exception", err.into_value(py))?;
+                slf.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+            }
+        }
+    }
+
+    fn run_batch_entries(
+        &self,
+        slf: &Bound<'_, Self>,
+        batch: &mut VecDeque<Ready>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let debug = self.debug.load(Ordering::Relaxed);
         let slow_callback_duration = if debug {
@@ -748,6 +800,16 @@ impl LoopCore {
             f64::INFINITY
         };
         while let Some(entry) = batch.pop_front() {
+            if !self.held_writes.lock().is_empty() {
+                if let Err(err) = self.send_held_writes(slf) {
+                    let mut state = self.state.lock();
+                    while let Some(rest) = batch.pop_back() {
+                        state.ready.push_front(rest);
+                    }
+                    state.ready.push_front(entry);
+                    return Err(err);
+                }
+            }
             // A handle's first touch here is often a cache miss (timers scheduled long
             // ago), and so is its context's: load them a few callbacks ahead.
             if let Some(Ready::Callback(ahead)) = batch.get(PREFETCH_AHEAD) {
@@ -932,6 +994,8 @@ impl LoopCore {
             task_factory: Mutex::new(None),
             spare_handles: HandlePool::new(),
             loop_keyword: GilCell::new(None),
+            dispatching: AtomicBool::new(false),
+            held_writes: GilCell::new(Vec::new()),
         })
     }
 

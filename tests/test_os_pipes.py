@@ -398,6 +398,29 @@ def test_pipe_pair_with_slow_reader_is_flow_controlled(loop):
     assert high < largest_buffer <= high + chunk_size
 
 
+def test_many_small_writes_queued_behind_a_full_pipe_all_arrive(loop):
+    # More queued writes than one vectored write takes: once the reader drains the pipe,
+    # the writer must keep sending without waiting for another writable edge.
+    filler = payload(1 << 20)
+    pieces = [payload(300)[i % 200 :] for i in range(500)]
+    expected = filler + b"".join(pieces)
+
+    async def main():
+        rfile, wfile = os_pipe()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, wfile)
+        transport.set_write_buffer_limits(high=1 << 30)
+        transport.write(filler)  # fills the pipe: the rest is queued
+        for piece in pieces:
+            transport.write(piece)
+        assert transport.get_write_buffer_size() > 0
+        transport.close()
+        received = await loop.run_in_executor(None, read_to_eof, rfile.fileno())
+        rfile.close()
+        return received
+
+    assert run(loop, main()) == expected
+
+
 def test_write_past_the_high_water_mark_pauses_at_once(loop):
     async def main():
         rfile, wfile = os_pipe()

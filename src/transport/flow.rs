@@ -2,6 +2,9 @@
 //! and telling the protocol to pause or resume writing.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use crate::transport::io::{send_chunks, Syscalls, MAX_IOVECS};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
 use pyo3::prelude::*;
@@ -72,6 +75,40 @@ pub fn consume<T: AsRef<[u8]>>(
             n = 0;
         }
     }
+}
+
+/// Sends queued chunks until the queue is empty or the fd takes less than it was offered
+/// (it is full then, and says so with a writable edge once it drains); returns how much
+/// went out. One vectored write offers at most `MAX_IOVECS` chunks, and an fd that took
+/// all of them gives no new edge: stopping there would leave the rest waiting for nothing.
+pub fn send_queue<T: AsRef<[u8]>>(
+    kind: Syscalls,
+    fd: RawFd,
+    queue: &mut VecDeque<T>,
+    front_sent: &mut usize,
+    queued: &mut usize,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    while !queue.is_empty() {
+        let offered = queue
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|chunk| chunk.as_ref().len())
+            .sum::<usize>()
+            - *front_sent;
+        match send_chunks(kind, fd, queue.iter().map(AsRef::as_ref), *front_sent) {
+            Ok(n) => {
+                consume(queue, front_sent, queued, n);
+                total += n;
+                if n < offered {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(total)
 }
 
 /// KeyboardInterrupt and SystemExit: what must stop the loop rather than be reported.

@@ -13,7 +13,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 /// How much one read takes at most (the stdlib's `max_size`).
 pub const READ_CHUNK: usize = 256 * 1024;
 /// At most this many queued chunks go into one vectored write.
-const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64;
 
 thread_local! {
     /// One read buffer per loop thread, shared by all its transports.

@@ -149,7 +149,7 @@ direct_methods! {
         |core| core.get().get_write_buffer_limits();
     get_write_buffer_size => "get_write_buffer_size",
         "get_write_buffer_size($self, /)\n--\n\nBytes queued and not yet sent.",
-        |core| core.get().get_write_buffer_size();
+        |core| StreamCore::get_write_buffer_size(&core)?;
     get_protocol => "get_protocol",
         "get_protocol($self, /)\n--\n\nThe current protocol.",
         |core| core.get().get_protocol(core.py());

@@ -26,7 +26,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handle::lock;
-use crate::transport::flow::{consume, is_exit, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
+use crate::transport::flow::{is_exit, send_queue, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use crate::transport::io::{
     recv_into, send_chunks, with_bytes, Received, Syscalls, READ_BUFFER, READ_CHUNK,
 };
@@ -319,20 +319,16 @@ impl PipeCore {
             if state.conn_lost > 0 || state.queue.is_empty() {
                 return Ok(());
             }
-            let sent = send_chunks(
-                Syscalls::File,
-                this.fd,
-                state.queue.iter().map(Vec::as_slice),
-                state.front_sent,
-            );
-            if let Ok(n) = sent {
-                state.consume(n);
-            }
-            sent
+            let PipeState {
+                queue,
+                front_sent,
+                queued,
+                ..
+            } = &mut *state;
+            send_queue(Syscalls::File, this.fd, queue, front_sent, queued)
         };
         match outcome {
             Ok(_) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(err) => {
                 this.state().conn_lost += 1;
                 return Self::fatal_error(
@@ -392,12 +388,6 @@ impl PipeCore {
             )
         };
         tell_protocol(py, protocol, transport, pause)
-    }
-}
-
-impl PipeState {
-    fn consume(&mut self, n: usize) {
-        consume(&mut self.queue, &mut self.front_sent, &mut self.queued, n);
     }
 }
 

@@ -9,9 +9,11 @@
 //! `BufferedProtocol`). A read that fills the buffer queues another read for the next
 //! iteration, since an edge-triggered poller reports no new edge for data already there.
 //!
-//! Writes never block and never lose bytes: with nothing queued, `write` sends at once;
-//! what the socket does not take is queued (a `bytes` object by reference, anything else
-//! as a copy) and flushed with one `sendmsg` per writable edge. `pause_writing`/`resume_writing` fire at the high/low water marks.
+//! Writes never block and never lose bytes: with nothing queued, `write` sends at once,
+//! except that a callback's small writes are held and sent together, in one `sendmsg`,
+//! when it returns (`send_held`; docs/architecture.md). What the socket does not take is
+//! queued (a `bytes` object by reference, anything else as a copy) and sent on writable
+//! edges. `pause_writing`/`resume_writing` fire at the high/low water marks.
 //!
 //! # Implementation notes
 //! The fd is registered once, edge-triggered, for both directions; pausing reading only
@@ -33,7 +35,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::transport::flow::{
-    consume, is_exit, tell_protocol, water_marks, Chunk, DEFAULT_HIGH_WATER,
+    is_exit, send_queue, tell_protocol, water_marks, Chunk, DEFAULT_HIGH_WATER,
 };
 use crate::transport::io::{
     close_socket, recv_into, send_chunks, socket_class, socket_family, with_bytes, Received,
@@ -41,6 +43,10 @@ use crate::transport::io::{
 };
 use crate::transport::recycle::{receive, recycle};
 use crate::transport::{inet4, IoTransport};
+
+/// The most a callback's writes are held for before they go out at once (never more than
+/// the high-water mark: held bytes do not count as queued, so they must not need to).
+const HOLD_LIMIT: usize = 64 * 1024;
 
 /// After this many writes to a lost connection, each further one logs a warning.
 const CONNLOST_WRITES_BEFORE_WARNING: u32 = 5;
@@ -72,6 +78,9 @@ struct StreamState {
     /// Bytes of the front chunk already sent.
     front_sent: usize,
     queued: usize,
+    /// The queue holds only writes of the running callback, not tried yet: the loop sends
+    /// them when the callback returns (`send_held`).
+    held: bool,
     high_water: usize,
     low_water: usize,
     protocol_paused: bool,
@@ -109,6 +118,9 @@ enum Written {
     /// Dropped: the connection is lost (the count of such writes so far).
     ToLostConnection(u32),
     Sent,
+    /// Held for the loop to send when the running callback returns; the loop to tell, if
+    /// this is the first write held.
+    Held(Option<Py<LoopCore>>),
     Failed(std::io::Error),
 }
 
@@ -188,6 +200,7 @@ impl StreamCore {
             let dropped = std::mem::take(&mut state.queue);
             state.queued = 0;
             state.front_sent = 0;
+            state.held = false;
             state.closing = true;
             state.conn_lost += 1;
             (dropped, state.loop_.as_ref().map(|l| l.clone_ref(py)))
@@ -412,8 +425,13 @@ impl StreamCore {
         let py = slf.py();
         let loop_ = {
             let mut state = slf.get().state();
-            let reading = state.reading_started && !state.reading_paused && !state.closing;
-            if !state.registered || reading || !state.queue.is_empty() || state.conn_lost > 0 {
+            // Reading that has yet to start (it is queued behind connection_made) counts:
+            // the transport must still be registered when it does.
+            let reading = !state.reading_paused && !state.closing;
+            // Held writes do not keep it: had they been sent already, as on the stdlib
+            // loop, the queue would be empty (what the socket refuses registers it again).
+            let sending = !state.queue.is_empty() && !state.held;
+            if !state.registered || reading || sending || state.conn_lost > 0 {
                 return;
             }
             state.registered = false;
@@ -459,20 +477,10 @@ impl StreamCore {
             if state.conn_lost > 0 || state.queue.is_empty() {
                 return Ok(());
             }
-            let sent = send_chunks(
-                Syscalls::Socket,
-                this.fd,
-                state.queue.iter().map(Chunk::as_ref),
-                state.front_sent,
-            );
-            if let Ok(n) = sent {
-                state.consume(n);
-            }
-            sent
+            state.send_queue(this.fd)
         };
         match outcome {
             Ok(_) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(err) => {
                 return Self::fatal_error(
                     slf,
@@ -606,6 +614,36 @@ impl StreamCore {
                 state.conn_lost += 1;
                 return Written::ToLostConnection(state.conn_lost - 1);
             }
+            let hold_limit = state.high_water.min(HOLD_LIMIT);
+            let hold = |state: &mut StreamState| {
+                let chunk = match &immutable {
+                    Some(object) => Chunk::Bytes(object.as_unbound().clone_ref(py)),
+                    None => Chunk::Copied(bytes.to_vec()),
+                };
+                state.queue.push_back(chunk);
+                state.queued += bytes.len();
+            };
+            if state.held {
+                hold(&mut state);
+                if state.queued <= hold_limit {
+                    return Written::Held(None);
+                }
+                // Too much to hold: all of it goes now, as one write would have.
+                state.held = false;
+                if let Err(err) = state.send_queue(this.fd) {
+                    return Written::Failed(err);
+                }
+                return Written::Sent;
+            }
+            if state.queue.is_empty() && bytes.len() <= hold_limit {
+                if let Some(loop_) = state.loop_.as_ref().filter(|l| l.get().is_dispatching()) {
+                    let loop_ = loop_.clone_ref(py);
+                    hold(&mut state);
+                    state.held = true;
+                    state.front_sent = 0;
+                    return Written::Held(Some(loop_));
+                }
+            }
             let mut sent = 0;
             if state.queue.is_empty() {
                 match send_chunks(Syscalls::Socket, this.fd, std::iter::once(bytes), 0) {
@@ -635,7 +673,11 @@ impl StreamCore {
             Written::AfterEof => Err(PyRuntimeError::new_err(
                 "Cannot call write() after write_eof()",
             )),
-            Written::Nothing => Ok(()),
+            Written::Nothing | Written::Held(None) => Ok(()),
+            Written::Held(Some(loop_)) => {
+                loop_.get().hold_writes_of(slf.clone().unbind());
+                Ok(())
+            }
             Written::ToLostConnection(count) => {
                 if count >= CONNLOST_WRITES_BEFORE_WARNING {
                     py.import("asyncio.log")?
@@ -659,10 +701,35 @@ impl StreamCore {
     }
 }
 
+impl StreamCore {
+    /// Sends the writes held for the running callback (the loop calls this when it returns;
+    /// the transport's own methods, before anything that must see them sent). What the
+    /// socket does not take is queued as any write's rest is.
+    pub(crate) fn send_held(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if !std::mem::replace(&mut slf.get().state().held, false) {
+            return Ok(());
+        }
+        // As on a writable edge: a close or write_eof that waited for the queue (or a
+        // drain waiter) completes if this empties it.
+        Self::write_ready(slf)?;
+        if slf.get().state().queued > 0 {
+            Self::ensure_registered(slf)?;
+            Self::maybe_pause_protocol(slf)?;
+        }
+        Ok(())
+    }
+}
+
 impl StreamState {
-    /// Drops `n` sent bytes from the front of the queue.
-    fn consume(&mut self, n: usize) {
-        consume(&mut self.queue, &mut self.front_sent, &mut self.queued, n);
+    /// Sends queued chunks until the queue is empty or the socket is full (`send_queue`).
+    fn send_queue(&mut self, fd: RawFd) -> std::io::Result<usize> {
+        send_queue(
+            Syscalls::Socket,
+            fd,
+            &mut self.queue,
+            &mut self.front_sent,
+            &mut self.queued,
+        )
     }
 }
 
@@ -693,6 +760,7 @@ impl StreamCore {
                 queue: VecDeque::new(),
                 front_sent: 0,
                 queued: 0,
+                held: false,
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
@@ -735,6 +803,7 @@ impl StreamCore {
 
     /// Close the write side once queued data is sent (half-close).
     pub(crate) fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::send_held(slf)?;
         let now = {
             let mut state = slf.get().state();
             if state.closing || state.eof_requested {
@@ -756,6 +825,9 @@ impl StreamCore {
     /// Close: stop reading, send what is queued, then `connection_lost(None)`.
     pub(crate) fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        // Held writes go first, so that what follows (connection_lost scheduled now if all
+        // is sent) happens in the stdlib loop's order.
+        Self::send_held(slf)?;
         let loop_ = {
             let mut state = slf.get().state();
             if state.closing {
@@ -773,6 +845,9 @@ impl StreamCore {
 
     /// Close at once, dropping queued data.
     pub(crate) fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        // On the stdlib loop the held bytes would have reached the socket already, and
+        // closing it sends them: so here too.
+        Self::send_held(slf)?;
         Self::force_close(slf, None)
     }
 
@@ -795,8 +870,10 @@ impl StreamCore {
     }
 
     /// Ask for `transport._write_drained(None)` once the queue is empty.
-    fn _notify_when_drained(&self) {
-        self.state().drain_waiter = true;
+    fn _notify_when_drained(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::send_held(slf)?;
+        slf.get().state().drain_waiter = true;
+        Ok(())
     }
 
     pub(crate) fn is_reading(&self) -> bool {
@@ -857,8 +934,11 @@ impl StreamCore {
         (state.low_water, state.high_water)
     }
 
-    pub(crate) fn get_write_buffer_size(&self) -> usize {
-        self.state().queued
+    /// Bytes queued and not yet sent (held writes are sent first, so this is what the
+    /// socket did not take, as on the stdlib loop).
+    pub(crate) fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        Self::send_held(slf)?;
+        Ok(slf.get().state().queued)
     }
 
     pub(crate) fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -951,7 +1031,8 @@ impl StreamCore {
             state.sock.is_none(),
             state.closing,
             !state.reading_paused,
-            state.queued,
+            // Held writes are as good as sent (see `get_write_buffer_size`).
+            if state.held { 0 } else { state.queued },
         )
     }
 
