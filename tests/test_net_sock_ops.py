@@ -885,3 +885,16 @@ def test_sock_sendfile_peer_gone(loop, tcp_pair, tmp_path):
 
     run(loop, main())
     assert not loop.remove_writer(client)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost:80"])
+def test_sock_connect_to_a_str_address_is_a_type_error(loop, address):
+    # A str is not unpacked into a host, a port and more; the stdlib's message names its
+    # own helper function, so only the type is compared.
+    async def main():
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            with pytest.raises(TypeError):
+                await loop.sock_connect(sock, address)
+
+    run(loop, main())

@@ -941,3 +941,54 @@ def test_many_connections_streaming_at_once_keep_their_bytes_apart(loop):
         return results
 
     assert run(loop, main(), timeout=30) == [True] * count
+
+
+def test_methods_with_nothing_to_return_return_none(loop):
+    async def main():
+        server, transport, protocol, peer = await tcp_connection(loop)
+        returned = [
+            transport.pause_reading(),
+            transport.resume_reading(),
+            transport.set_write_buffer_limits(),
+            transport.writelines([b"a"]),
+            transport.write(b"b"),
+            transport.write_eof(),
+            transport.close(),
+            transport.abort(),
+        ]
+        await protocol.lost
+        await shutdown(server, (peer.transport, peer))
+        return returned
+
+    assert run(loop, main()) == [None] * 8
+
+
+@pytest.mark.parametrize(
+    "bad", [[b"sent?", "not bytes"], 5, [b"ok", None]], ids=["str-item", "int", "none-item"]
+)
+def test_writelines_with_a_bad_item_writes_nothing(loop, stdlib_error, bad):
+    expected = stdlib_error(
+        lambda stdlib_loop: stdlib_loop.run_until_complete(_writelines_on(stdlib_loop, bad))
+    )
+
+    async def main():
+        return await _writelines_on(loop, bad)
+
+    with pytest.raises(type(expected)) as info:
+        run(loop, main())
+    assert str(info.value) == str(expected)
+
+
+async def _writelines_on(loop, bad):
+    """writelines(bad) on a fresh connection; asserts the peer got nothing of it."""
+    server, transport, protocol, peer = await tcp_connection(loop)
+    try:
+        transport.writelines(bad)
+    finally:
+        await asyncio.sleep(0.05)
+        transport.write(b"end")
+        transport.write_eof()
+        assert await peer.received(3) == b"end"
+        transport.close()
+        await protocol.lost
+        await shutdown(server, (peer.transport, peer))

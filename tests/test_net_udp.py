@@ -137,6 +137,41 @@ def test_unconnected_endpoints_talk_with_sendto(loop):
     run(loop, main())
 
 
+def test_pause_reading_holds_datagrams_until_resume(loop):
+    class Pausing(Datagrams):
+        # Pauses itself on the first datagram, as a protocol with a full queue would.
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"first":
+                self.transport.pause_reading()
+
+    async def main():
+        a, pa = await loop.create_datagram_endpoint(Pausing, local_addr=("127.0.0.1", 0))
+        b, pb = await loop.create_datagram_endpoint(recorder, local_addr=("127.0.0.1", 0))
+        assert a.is_reading()
+        for message in (b"first", b"second", b"third"):
+            b.sendto(message, a.get_extra_info("sockname"))
+        await pa.received(1)
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        while_paused = ([data for data, _ in pa.datagrams], a.is_reading())
+        a.pause_reading()  # again: nothing changes
+        a.resume_reading()
+        assert a.is_reading()
+        a.resume_reading()  # again: nothing changes
+        after = [data for data, _ in await pa.received(3)]
+        await close_endpoint(b, pb)
+        a.close()
+        closed = (a.is_reading(), a.pause_reading(), a.resume_reading(), a.is_reading())
+        assert await pa.lost is None
+        return while_paused, after, closed
+
+    while_paused, after, closed = run(loop, main())
+    assert while_paused == ([b"first"], False)
+    assert after == [b"first", b"second", b"third"]
+    assert closed == (False, None, None, False)
+
+
 def test_addresses_follow_each_sender_and_each_destination_form(loop):
     # Several peers in turn, and several forms of the same address: the tuple received, a new
     # equal tuple, a host name, a bytes host.

@@ -46,10 +46,17 @@ _SENDFILE_MAX_BLOCK = sys.maxsize // 2 + 1
 
 
 def _ip_literal_addrinfo(
-    host: Any, port: Any, family: int, type: int, proto: int, *address_rest: Any
+    host: Any,
+    port: Any,
+    family: int,
+    type: int,
+    proto: int,
+    flowinfo: Any = 0,
+    scope_id: Any = 0,
 ) -> tuple[Any, ...] | None:
     """The getaddrinfo() entry for an address that needs no lookup (an IP literal and a
-    numeric port), or None if it must be resolved."""
+    numeric port), or None if it must be resolved. An address of more than four items (a
+    str such as "127.0.0.1" unpacked) is a TypeError here, as in the stdlib's twin."""
     if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
         return None
     if type == socket.SOCK_STREAM:
@@ -79,7 +86,6 @@ def _ip_literal_addrinfo(
         except OSError:
             continue
         if _HAS_IPV6 and af == socket.AF_INET6:
-            flowinfo, scope_id = (tuple(address_rest) + (0, 0))[:2]
             return af, type, proto, "", (host, port, flowinfo, scope_id)
         return af, type, proto, "", (host, port)
     return None

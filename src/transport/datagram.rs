@@ -54,6 +54,8 @@ struct DatagramState {
     low_water: usize,
     protocol_paused: bool,
     reading_started: bool,
+    /// `pause_reading()`: datagrams wait in the socket until `resume_reading()`.
+    reading_paused: bool,
     read_pending: bool,
     closing: bool,
     conn_lost: u32,
@@ -223,7 +225,7 @@ impl DatagramCore {
                 return;
             }
             state.reading_started = true;
-            std::mem::replace(&mut state.read_pending, false)
+            !state.reading_paused && std::mem::replace(&mut state.read_pending, false)
         };
         if pending {
             Self::queue_read(slf);
@@ -239,7 +241,7 @@ impl DatagramCore {
             if state.conn_lost > 0 || state.closing {
                 return Ok(());
             }
-            if !state.reading_started {
+            if !state.reading_started || state.reading_paused {
                 state.read_pending = true;
                 return Ok(());
             }
@@ -254,8 +256,16 @@ impl DatagramCore {
             false => Some(sock.bind(py).getattr(intern!(py, "recvfrom"))?),
         };
         for _ in 0..DATAGRAMS_PER_TURN {
-            if this.state().closing {
-                return Ok(());
+            {
+                let mut state = this.state();
+                if state.closing {
+                    return Ok(());
+                }
+                if state.reading_paused {
+                    // Paused by the protocol: more may be waiting, read on resume.
+                    state.read_pending = true;
+                    return Ok(());
+                }
             }
             let outcome = match &recvfrom {
                 None => {
@@ -461,6 +471,7 @@ impl DatagramCore {
                 low_water: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
                 reading_started: false,
+                reading_paused: false,
                 read_pending: false,
                 closing: false,
                 conn_lost: 0,
@@ -584,6 +595,35 @@ impl DatagramCore {
             .filter(|e| !e.is_none())
             .map(|e| PyErr::from_value(e.clone()));
         Self::force_close(slf, err)
+    }
+
+    /// Whether datagrams are delivered (not paused, not closing).
+    fn is_reading(&self) -> bool {
+        let state = self.state();
+        !state.reading_paused && !state.closing
+    }
+
+    /// Stop calling `datagram_received` until `resume_reading()`.
+    fn pause_reading(&self) {
+        let mut state = self.state();
+        if !state.closing {
+            state.reading_paused = true;
+        }
+    }
+
+    /// Deliver datagrams again, those that arrived meanwhile first.
+    fn resume_reading(slf: &Bound<'_, Self>) {
+        let pending = {
+            let mut state = slf.get().state();
+            if state.closing || !state.reading_paused {
+                return;
+            }
+            state.reading_paused = false;
+            state.reading_started && std::mem::replace(&mut state.read_pending, false)
+        };
+        if pending {
+            Self::queue_read(slf);
+        }
     }
 
     fn is_closing(&self) -> bool {

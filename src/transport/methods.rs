@@ -82,6 +82,10 @@ unsafe extern "C" fn write(
     })
 }
 
+/// What a method with nothing to return gives Python: None (a Rust `()` would become an
+/// empty tuple).
+const NOTHING: Option<()> = None;
+
 /// A table entry's C string from a literal.
 macro_rules! c_str {
     ($text:expr) => {
@@ -122,16 +126,16 @@ macro_rules! direct_methods {
 direct_methods! {
     write_eof => "write_eof",
         "write_eof($self, /)\n--\n\nClose the write side once queued data is sent (half-close).",
-        |core| StreamCore::write_eof(&core)?;
+        |core| { StreamCore::write_eof(&core)?; NOTHING };
     can_write_eof => "can_write_eof",
         "can_write_eof($self, /)\n--\n\nTrue: stream sockets can half-close.",
         |core| core.get().can_write_eof();
     close => "close",
         "close($self, /)\n--\n\nClose: stop reading, send what is queued, then `connection_lost(None)`.",
-        |core| StreamCore::close(&core)?;
+        |core| { StreamCore::close(&core)?; NOTHING };
     abort => "abort",
         "abort($self, /)\n--\n\nClose at once, dropping queued data.",
-        |core| StreamCore::abort(&core)?;
+        |core| { StreamCore::abort(&core)?; NOTHING };
     is_closing => "is_closing",
         "is_closing($self, /)\n--\n\nTrue once the transport is closing or closed.",
         |core| core.get().is_closing();
@@ -140,10 +144,10 @@ direct_methods! {
         |core| core.get().is_reading();
     pause_reading => "pause_reading",
         "pause_reading($self, /)\n--\n\nStop calling the protocol with data until `resume_reading()`.",
-        |core| StreamCore::pause_reading(&core);
+        |core| { StreamCore::pause_reading(&core); NOTHING };
     resume_reading => "resume_reading",
         "resume_reading($self, /)\n--\n\nResume delivering data after `pause_reading()`.",
-        |core| StreamCore::resume_reading(&core)?;
+        |core| { StreamCore::resume_reading(&core)?; NOTHING };
     get_write_buffer_limits => "get_write_buffer_limits",
         "get_write_buffer_limits($self, /)\n--\n\nThe (low, high) water marks of the write buffer.",
         |core| core.get().get_write_buffer_limits();

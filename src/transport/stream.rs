@@ -793,10 +793,31 @@ impl StreamCore {
         }
     }
 
-    /// Write each item of an iterable of bytes-like objects.
+    /// Write each item of an iterable of bytes-like objects: all or, if one is not
+    /// bytes-like, none of them. As the stdlib does it: 3.11 joins them into one `bytes`
+    /// and writes that; 3.12 takes a `memoryview` of each, then writes them in turn.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        for data in list_of_data.try_iter()? {
-            Self::write_data(slf, &data?)?;
+        let py = slf.py();
+        if py.version_info() < (3, 12) {
+            let joined =
+                PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+            return Self::write_data(slf, &joined);
+        }
+        if slf.get().state().eof_requested {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call writelines() after write_eof()",
+            ));
+        }
+        if !list_of_data.is_truthy()? {
+            return Ok(());
+        }
+        let memoryview = py.get_type::<pyo3::types::PyMemoryView>();
+        let views = list_of_data
+            .try_iter()?
+            .map(|data| memoryview.call1((data?,)))
+            .collect::<PyResult<Vec<_>>>()?;
+        for view in views {
+            Self::write_data(slf, &view)?;
         }
         Ok(())
     }
