@@ -776,3 +776,23 @@ def test_subprocess_from_a_loop_in_another_thread(loop_factory):
     out, code, pid = outcome["result"]
     assert (out, code) == (b"from a thread\n", 4)
     assert_reaped([pid])
+
+
+def test_a_process_that_wait_saw_exit_cannot_be_signalled(loop):
+    # wait() returns once connection_lost has let go of the process, so kill() raises
+    # ProcessLookupError, as on the stdlib loop. The exit is reported an iteration after
+    # the loop sees it; reported at once, a task woken in the same iteration (the one that
+    # made the process) found it exited but not yet let go of, and kill() returned None.
+    async def main():
+        outcomes = set()
+        for _ in range(300):
+            process = await asyncio.create_subprocess_exec("true")
+            await process.wait()
+            try:
+                process.kill()
+                outcomes.add("kill() returned")
+            except ProcessLookupError:
+                outcomes.add("ProcessLookupError")
+        return outcomes
+
+    assert run(loop, main(), timeout=60) == {"ProcessLookupError"}

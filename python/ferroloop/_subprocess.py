@@ -193,7 +193,10 @@ class SubprocessMixin:
     def _child_exited(self, pid: int, pidfd: int, transport: Any) -> None:
         self._remove_reader(pidfd)
         os.close(pidfd)
-        transport._process_exited(_reap(pid))
+        # An iteration later, as the stdlib's watchers report it: a task woken in this
+        # iteration (say, the one that just made the process) must see the process still
+        # running, and its wait() then ends after connection_lost has let go of it.
+        self.call_soon(transport._process_exited, _reap(pid))
 
     def _wait_child_in_thread(self, pid: int, transport: Any) -> None:
         returncode = _reap(pid, blocking=True)
