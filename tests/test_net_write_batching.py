@@ -23,6 +23,12 @@ async def transport_and_peer(loop, protocol_factory=None):
     return transport, protocol, peer
 
 
+async def close_both(transport, protocol, peer):
+    transport.close()
+    await protocol.lost
+    peer.close()
+
+
 def arrived_now(peer):
     """What the peer can read without waiting (its timeout would make recv wait)."""
     if not select.select([peer], [], [], 0)[0]:
@@ -64,9 +70,7 @@ def test_small_writes_of_one_callback_leave_together_when_it_returns(loop):
         during = await in_a_callback(loop, two_writes)
         assert arrives_soon(peer)
         after = peer.recv(100)
-        transport.close()
-        await protocol.lost
-        peer.close()
+        await close_both(transport, protocol, peer)
         return during, after
 
     assert run(loop, main()) == (b"", b"head body")
@@ -83,9 +87,7 @@ def test_get_write_buffer_size_sends_what_the_callback_wrote(loop):
             return size, arrives_soon(peer), arrived_now(peer)
 
         outcome = await in_a_callback(loop, write_and_ask)
-        transport.close()
-        await protocol.lost
-        peer.close()
+        await close_both(transport, protocol, peer)
         return outcome
 
     assert run(loop, main()) == (0, True, b"x" * 100)
@@ -150,9 +152,7 @@ def test_write_eof_right_after_a_write_sends_it_first(loop):
         peer.sendall(b"reply")
         peer.shutdown(socket.SHUT_WR)
         reply = await protocol.received(5)
-        transport.close()
-        await protocol.lost
-        peer.close()
+        await close_both(transport, protocol, peer)
         return received, reply
 
     assert run(loop, main()) == (b"half", b"reply")
@@ -174,9 +174,7 @@ def test_more_than_a_callback_may_hold_goes_out_during_it(loop, sizes):
 
         went_out = await in_a_callback(loop, write_a_lot)
         received = await loop.run_in_executor(None, recv_exactly, peer, len(data))
-        transport.close()
-        await protocol.lost
-        peer.close()
+        await close_both(transport, protocol, peer)
         return went_out, received
 
     went_out, received = run(loop, main())
@@ -216,9 +214,7 @@ def test_a_write_in_connection_made_and_then_reading(loop):
         greeting = await loop.run_in_executor(None, recv_exactly, peer, 5)
         peer.sendall(b"hi back")
         reply = await protocol.received(7)
-        transport.close()
-        await protocol.lost
-        peer.close()
+        await close_both(transport, protocol, peer)
         return greeting, reply
 
     assert run(loop, main()) == (b"hello", b"hi back")
@@ -238,9 +234,7 @@ def test_flow_control_and_buffer_size_after_held_writes(loop):
         queued = await in_a_callback(loop, flood)
         paused = [event for event, _ in protocol.flow]
         received = await loop.run_in_executor(None, recv_exactly, peer, 20_000_000)
-        transport.close()
-        await protocol.lost
-        peer.close()
+        await close_both(transport, protocol, peer)
         return queued, paused, len(received)
 
     queued, paused, received = run(loop, main())
