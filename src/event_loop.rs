@@ -120,6 +120,8 @@ pub struct LoopCore {
     dispatching: AtomicBool,
     /// Stream transports holding the running callback's writes, sent when it returns.
     held_writes: GilCell<Vec<Py<StreamCore>>>,
+    /// `held_writes` is not empty: what the loop checks after each callback.
+    writes_held: AtomicBool,
 }
 
 /// `callable(*positional, **kwargs)` with the dictionary itself handed on: a type's
@@ -750,6 +752,9 @@ impl LoopCore {
         self.dispatching.store(true, Ordering::Relaxed);
         let outcome = self.run_batch_entries(slf, batch);
         self.dispatching.store(false, Ordering::Relaxed);
+        if !self.writes_held.load(Ordering::Relaxed) {
+            return outcome;
+        }
         let sent = self.send_held_writes(slf);
         outcome.and(sent)
     }
@@ -763,15 +768,18 @@ impl LoopCore {
     /// `transport` holds writes of the running callback: send them when it returns.
     pub fn hold_writes_of(&self, transport: Py<StreamCore>) {
         self.held_writes.lock().push(transport);
+        self.writes_held.store(true, Ordering::Relaxed);
     }
 
     /// Sends the writes held by the callback that just returned. A transport's errors are
     /// its own (it reports them and closes); only exit exceptions, or errors of the
     /// exception handler itself, come out.
+    #[inline(never)] // off the path of batches with no writes held
     fn send_held_writes(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         loop {
             let Some(transport) = self.held_writes.lock().pop() else {
+                self.writes_held.store(false, Ordering::Relaxed);
                 return Ok(());
             };
             if let Err(err) = StreamCore::send_held(transport.bind(py)) {
@@ -799,17 +807,20 @@ impl LoopCore {
         } else {
             f64::INFINITY
         };
-        while let Some(entry) = batch.pop_front() {
-            if !self.held_writes.lock().is_empty() {
+        loop {
+            // What the previous callback wrote, before the next one runs.
+            if self.writes_held.load(Ordering::Relaxed) {
                 if let Err(err) = self.send_held_writes(slf) {
                     let mut state = self.state.lock();
                     while let Some(rest) = batch.pop_back() {
                         state.ready.push_front(rest);
                     }
-                    state.ready.push_front(entry);
                     return Err(err);
                 }
             }
+            let Some(entry) = batch.pop_front() else {
+                break;
+            };
             // A handle's first touch here is often a cache miss (timers scheduled long
             // ago), and so is its context's: load them a few callbacks ahead.
             if let Some(Ready::Callback(ahead)) = batch.get(PREFETCH_AHEAD) {
@@ -996,6 +1007,7 @@ impl LoopCore {
             loop_keyword: GilCell::new(None),
             dispatching: AtomicBool::new(false),
             held_writes: GilCell::new(Vec::new()),
+            writes_held: AtomicBool::new(false),
         })
     }
 
