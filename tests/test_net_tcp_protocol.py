@@ -14,6 +14,7 @@ from net_support import (
     assert_bytes,
     close_transport,
     ipv6_loopback_available,
+    loop_name,
     payload,
     raw_tcp_pair,
     run,
@@ -992,3 +993,29 @@ async def _writelines_on(loop, bad):
         transport.close()
         await protocol.lost
         await shutdown(server, (peer.transport, peer))
+
+
+@pytest.mark.parametrize("how", ["connect_accepted_socket", "create_connection"])
+def test_a_second_transport_on_one_socket_is_refused(loop, how):
+    # 3.12+ refuses it; 3.11's stdlib makes it and the two compete for the fd: ferroloop
+    # refuses it on every version.
+    async def main():
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        make = getattr(loop, how)
+        kwargs = {"sock": ours} if how == "create_connection" else {}
+        args = () if kwargs else (ours,)
+        transport, protocol = await make(lambda: Recorder(loop), *args, **kwargs)
+        try:
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                await make(lambda: Recorder(loop), *args, **kwargs)
+            assert not transport.is_closing()
+            peer.sendall(b"still mine")
+            assert await protocol.received(10) == b"still mine"
+        finally:
+            await close_transport(transport, protocol)
+            peer.close()
+
+    if loop_name(loop) == "asyncio" and sys.version_info < (3, 12):
+        pytest.skip("3.11's stdlib loop makes the second transport")
+    run(loop, main())
