@@ -115,9 +115,14 @@ pub struct LoopCore {
     /// keyword arguments of every `Future`/`Task` it makes, passed as they are instead of
     /// CPython building and parsing a new dictionary per call (see `call_with_loop_keyword`).
     loop_keyword: GilCell<Option<Py<PyDict>>>,
-    /// Set while `run_batch` runs callbacks and transport events: a stream write made then
-    /// is held until that callback returns (see `StreamCore::write_data`).
+    /// Set while `run_batch` runs a callback (a task step, a future's done callback, a
+    /// `call_soon`): a stream write made then is held until it returns (see
+    /// `StreamCore::write_data`). Not while a transport hands data to its protocol: a
+    /// protocol answering in `data_received` writes once, and the `bytes` it answers with
+    /// is best sent at once and freed for the next read to reuse.
     dispatching: AtomicBool,
+    /// Emptied buffers of held writes, for the next transport that holds some.
+    spare_hold_buffers: GilCell<Vec<Vec<u8>>>,
     /// Stream transports holding the running callback's writes, sent when it returns.
     held_writes: GilCell<Vec<Py<StreamCore>>>,
     /// `held_writes` is not empty: what the loop checks after each callback.
@@ -749,9 +754,7 @@ impl LoopCore {
     /// Runs one iteration's batch; what its callbacks wrote to stream transports is sent as
     /// each callback returns (so several writes of one callback leave in one `sendmsg`).
     fn run_batch(&self, slf: &Bound<'_, Self>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
-        self.dispatching.store(true, Ordering::Relaxed);
         let outcome = self.run_batch_entries(slf, batch);
-        self.dispatching.store(false, Ordering::Relaxed);
         if !self.writes_held.load(Ordering::Relaxed) {
             return outcome;
         }
@@ -763,6 +766,26 @@ impl LoopCore {
     /// held until the callback returns.
     pub fn is_dispatching(&self) -> bool {
         self.dispatching.load(Ordering::Relaxed)
+    }
+
+    /// A buffer for a transport's held writes.
+    pub fn take_hold_buffer(&self) -> Vec<u8> {
+        self.spare_hold_buffers.lock().pop().unwrap_or_default()
+    }
+
+    /// Takes back a buffer of held writes, once sent; a few are kept (a callback's writes
+    /// usually go to one transport, so one buffer goes round).
+    pub fn give_back_hold_buffer(&self, mut buffer: Vec<u8>) {
+        const KEPT: usize = 16;
+        const LARGEST_KEPT: usize = 64 * 1024;
+        if buffer.capacity() == 0 || buffer.capacity() > LARGEST_KEPT {
+            return;
+        }
+        buffer.clear();
+        let mut spares = self.spare_hold_buffers.lock();
+        if spares.len() < KEPT {
+            spares.push(buffer);
+        }
     }
 
     /// `transport` holds writes of the running callback: send them when it returns.
@@ -874,7 +897,9 @@ impl LoopCore {
                 continue;
             }
             let started = if debug { clock::monotonic() } else { 0.0 };
+            self.dispatching.store(true, Ordering::Relaxed);
             let mut outcome = h.run(py);
+            self.dispatching.store(false, Ordering::Relaxed);
             if let Err(err) = outcome {
                 outcome = if is_exit_exception(py, &err) {
                     Err(err)
@@ -1008,6 +1033,7 @@ impl LoopCore {
             dispatching: AtomicBool::new(false),
             held_writes: GilCell::new(Vec::new()),
             writes_held: AtomicBool::new(false),
+            spare_hold_buffers: GilCell::new(Vec::new()),
         })
     }
 

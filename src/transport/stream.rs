@@ -10,7 +10,7 @@
 //! iteration, since an edge-triggered poller reports no new edge for data already there.
 //!
 //! Writes never block and never lose bytes: with nothing queued, `write` sends at once,
-//! except that a callback's small writes are held and sent together, in one `sendmsg`,
+//! except that a loop callback's small writes are held and sent together, in one `send`,
 //! when it returns (`send_held`; docs/architecture.md). What the socket does not take is
 //! queued (a `bytes` object by reference, anything else as a copy) and sent on writable
 //! edges. `pause_writing`/`resume_writing` fire at the high/low water marks.
@@ -78,9 +78,11 @@ struct StreamState {
     /// Bytes of the front chunk already sent.
     front_sent: usize,
     queued: usize,
-    /// The queue holds only writes of the running callback, not tried yet: the loop sends
-    /// them when the callback returns (`send_held`).
-    held: bool,
+    /// Writes of the running callback, not tried yet (the queue is empty meanwhile): the
+    /// loop sends them when the callback returns (`send_held`). Copied, so that the
+    /// `bytes` a protocol echoes is free again, for the next read to refill, when
+    /// `data_received` returns.
+    held: Vec<u8>,
     high_water: usize,
     low_water: usize,
     protocol_paused: bool,
@@ -200,7 +202,10 @@ impl StreamCore {
             let dropped = std::mem::take(&mut state.queue);
             state.queued = 0;
             state.front_sent = 0;
-            state.held = false;
+            let held = std::mem::take(&mut state.held);
+            if let Some(loop_) = &state.loop_ {
+                loop_.get().give_back_hold_buffer(held);
+            }
             state.closing = true;
             state.conn_lost += 1;
             (dropped, state.loop_.as_ref().map(|l| l.clone_ref(py)))
@@ -428,10 +433,10 @@ impl StreamCore {
             // Reading that has yet to start (it is queued behind connection_made) counts:
             // the transport must still be registered when it does.
             let reading = !state.reading_paused && !state.closing;
-            // Held writes do not keep it: had they been sent already, as on the stdlib
-            // loop, the queue would be empty (what the socket refuses registers it again).
-            let sending = !state.queue.is_empty() && !state.held;
-            if !state.registered || reading || sending || state.conn_lost > 0 {
+            // Held writes (not in the queue) do not keep it: had they been sent already, as
+            // on the stdlib loop, the queue would be empty (what the socket refuses
+            // registers it again).
+            if !state.registered || reading || !state.queue.is_empty() || state.conn_lost > 0 {
                 return;
             }
             state.registered = false;
@@ -490,25 +495,40 @@ impl StreamCore {
             }
         }
         Self::maybe_resume_protocol(slf)?;
-        let (empty, closing, eof) = {
+        // The protocol may have written meanwhile (`resume_writing`); if that is held, the
+        // queue counts as empty only once it is sent (`send_held` finishes then).
+        let drained = {
             let state = this.state();
-            (state.queue.is_empty(), state.closing, state.eof_requested)
+            state.queue.is_empty() && state.held.is_empty()
         };
-        if empty {
-            Self::notify_drained(slf, |_| None)?;
-            if closing {
-                let loop_ = {
-                    let mut state = this.state();
-                    state.conn_lost += 1;
-                    state.loop_.as_ref().map(|l| l.clone_ref(py))
-                };
-                return Self::schedule_connection_lost(slf, loop_, None);
-            }
-            if eof {
-                Self::shutdown_write(slf)?;
-            }
-            Self::unregister_if_idle(slf);
+        if drained {
+            Self::queue_drained(slf)?;
         }
+        Ok(())
+    }
+
+    /// The queue is empty: wake a drain waiter, finish a pending close or write_eof, and
+    /// leave the poller if nothing else needs it.
+    fn queue_drained(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        Self::notify_drained(slf, |_| None)?;
+        let (closing, eof) = {
+            let state = this.state();
+            (state.closing, state.eof_requested)
+        };
+        if closing {
+            let loop_ = {
+                let mut state = this.state();
+                state.conn_lost += 1;
+                state.loop_.as_ref().map(|l| l.clone_ref(py))
+            };
+            return Self::schedule_connection_lost(slf, loop_, None);
+        }
+        if eof {
+            Self::shutdown_write(slf)?;
+        }
+        Self::unregister_if_idle(slf);
         Ok(())
     }
 
@@ -615,22 +635,13 @@ impl StreamCore {
                 return Written::ToLostConnection(state.conn_lost - 1);
             }
             let hold_limit = state.high_water.min(HOLD_LIMIT);
-            let hold = |state: &mut StreamState| {
-                let chunk = match &immutable {
-                    Some(object) => Chunk::Bytes(object.as_unbound().clone_ref(py)),
-                    None => Chunk::Copied(bytes.to_vec()),
-                };
-                state.queue.push_back(chunk);
-                state.queued += bytes.len();
-            };
-            if state.held {
-                hold(&mut state);
-                if state.queued <= hold_limit {
+            if !state.held.is_empty() {
+                state.held.extend_from_slice(bytes);
+                if state.held.len() <= hold_limit {
                     return Written::Held(None);
                 }
                 // Too much to hold: all of it goes now, as one write would have.
-                state.held = false;
-                if let Err(err) = state.send_queue(this.fd) {
+                if let Err(err) = state.send_held_now(this.fd) {
                     return Written::Failed(err);
                 }
                 return Written::Sent;
@@ -638,9 +649,10 @@ impl StreamCore {
             if state.queue.is_empty() && bytes.len() <= hold_limit {
                 if let Some(loop_) = state.loop_.as_ref().filter(|l| l.get().is_dispatching()) {
                     let loop_ = loop_.clone_ref(py);
-                    hold(&mut state);
-                    state.held = true;
-                    state.front_sent = 0;
+                    if state.held.capacity() == 0 {
+                        state.held = loop_.get().take_hold_buffer();
+                    }
+                    state.held.extend_from_slice(bytes);
                     return Written::Held(Some(loop_));
                 }
             }
@@ -706,21 +718,62 @@ impl StreamCore {
     /// the transport's own methods, before anything that must see them sent). What the
     /// socket does not take is queued as any write's rest is.
     pub(crate) fn send_held(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if !std::mem::replace(&mut slf.get().state().held, false) {
-            return Ok(());
+        let this = slf.get();
+        let outcome = {
+            let mut state = this.state();
+            if state.held.is_empty() {
+                return Ok(());
+            }
+            state.send_held_now(this.fd).map(|()| {
+                let waiting = state.closing || state.eof_requested || state.drain_waiter;
+                (state.queued > 0, waiting)
+            })
+        };
+        match outcome {
+            Err(err) => Self::fatal_error(
+                slf,
+                os_error(slf.py(), err),
+                "Fatal write error on socket transport",
+            ),
+            Ok((true, _)) => {
+                Self::ensure_registered(slf)?;
+                Self::maybe_pause_protocol(slf)
+            }
+            // A close or write_eof that waited for the queue, or a drain waiter, completes
+            // now that it is empty, as on a writable edge.
+            Ok((false, true)) => Self::queue_drained(slf),
+            Ok((false, false)) => Ok(()),
         }
-        // As on a writable edge: a close or write_eof that waited for the queue (or a
-        // drain waiter) completes if this empties it.
-        Self::write_ready(slf)?;
-        if slf.get().state().queued > 0 {
-            Self::ensure_registered(slf)?;
-            Self::maybe_pause_protocol(slf)?;
-        }
-        Ok(())
     }
 }
 
 impl StreamState {
+    /// Sends the held writes now, in one `send`; the socket's refusal of the rest is
+    /// queued (the queue is empty while writes are held).
+    fn send_held_now(&mut self, fd: RawFd) -> std::io::Result<()> {
+        let held = std::mem::take(&mut self.held);
+        let sent = match send_chunks(Syscalls::Socket, fd, std::iter::once(&held[..]), 0) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(err) => {
+                self.give_back(held);
+                return Err(err);
+            }
+        };
+        if sent < held.len() {
+            self.queue.push_back(Chunk::Copied(held[sent..].to_vec()));
+            self.queued += held.len() - sent;
+        }
+        self.give_back(held);
+        Ok(())
+    }
+
+    fn give_back(&self, held: Vec<u8>) {
+        if let Some(loop_) = &self.loop_ {
+            loop_.get().give_back_hold_buffer(held);
+        }
+    }
+
     /// Sends queued chunks until the queue is empty or the socket is full (`send_queue`).
     fn send_queue(&mut self, fd: RawFd) -> std::io::Result<usize> {
         send_queue(
@@ -760,7 +813,7 @@ impl StreamCore {
                 queue: VecDeque::new(),
                 front_sent: 0,
                 queued: 0,
-                held: false,
+                held: Vec::new(),
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
@@ -1052,8 +1105,8 @@ impl StreamCore {
             state.sock.is_none(),
             state.closing,
             !state.reading_paused,
-            // Held writes are as good as sent (see `get_write_buffer_size`).
-            if state.held { 0 } else { state.queued },
+            // Held writes are as good as sent (see `get_write_buffer_size`): not counted.
+            state.queued,
         )
     }
 
