@@ -750,18 +750,6 @@ impl LoopCore {
         batch
     }
 
-    /// Runs one batch; on an exception that must propagate, puts the rest back in front.
-    /// Runs one iteration's batch; what its callbacks wrote to stream transports is sent as
-    /// each callback returns (so several writes of one callback leave in one `sendmsg`).
-    fn run_batch(&self, slf: &Bound<'_, Self>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
-        let outcome = self.run_batch_entries(slf, batch);
-        if !self.writes_held.load(Ordering::Relaxed) {
-            return outcome;
-        }
-        let sent = self.send_held_writes(slf);
-        outcome.and(sent)
-    }
-
     /// Whether a stream write now is made by a callback of this loop's batch, and so may be
     /// held until the callback returns.
     pub fn is_dispatching(&self) -> bool {
@@ -817,11 +805,10 @@ impl LoopCore {
         }
     }
 
-    fn run_batch_entries(
-        &self,
-        slf: &Bound<'_, Self>,
-        batch: &mut VecDeque<Ready>,
-    ) -> PyResult<()> {
+    /// Runs one batch; on an exception that must propagate, puts the rest back in front.
+    /// What a callback wrote to stream transports is sent as it returns (several writes of
+    /// one callback leave in one `send`).
+    fn run_batch(&self, slf: &Bound<'_, Self>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
         let py = slf.py();
         let debug = self.debug.load(Ordering::Relaxed);
         let slow_callback_duration = if debug {
@@ -830,20 +817,7 @@ impl LoopCore {
         } else {
             f64::INFINITY
         };
-        loop {
-            // What the previous callback wrote, before the next one runs.
-            if self.writes_held.load(Ordering::Relaxed) {
-                if let Err(err) = self.send_held_writes(slf) {
-                    let mut state = self.state.lock();
-                    while let Some(rest) = batch.pop_back() {
-                        state.ready.push_front(rest);
-                    }
-                    return Err(err);
-                }
-            }
-            let Some(entry) = batch.pop_front() else {
-                break;
-            };
+        while let Some(entry) = batch.pop_front() {
             // A handle's first touch here is often a cache miss (timers scheduled long
             // ago), and so is its context's: load them a few callbacks ahead.
             if let Some(Ready::Callback(ahead)) = batch.get(PREFETCH_AHEAD) {
@@ -918,6 +892,12 @@ impl LoopCore {
                     outcome = slf
                         .call_method1(intern!(py, "_warn_slow_callback"), (&handle, took))
                         .map(drop);
+                }
+            }
+            if self.writes_held.load(Ordering::Relaxed) {
+                let sent = self.send_held_writes(slf);
+                if outcome.is_ok() {
+                    outcome = sent;
                 }
             }
             self.spare_handles.retire(py, handle);

@@ -514,7 +514,7 @@ class ConnectionsMixin:
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> Any:
         """A TLS transport over ``rawsock``: the stdlib's SSLProtocol on our transport."""
-        self._refuse_second_transport(rawsock)
+        self._sock_fd(rawsock)  # refused if a live transport owns the fd, as on 3.12+
         ssl_protocol = sslproto.SSLProtocol(
             self,
             protocol,

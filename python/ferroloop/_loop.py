@@ -236,21 +236,15 @@ class Loop(
         self, sock: Any, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
     ) -> SocketTransport:
         """A transport over a connected non-blocking socket (see ``SocketTransport``)."""
-        self._refuse_second_transport(sock)
+        self._sock_fd(sock)  # refused if a live transport owns the fd, as on 3.12+
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _make_datagram_transport(
         self, sock: Any, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
     ) -> DatagramTransport:
         """A transport over a bound non-blocking datagram socket (see ``DatagramTransport``)."""
-        self._refuse_second_transport(sock)
+        self._sock_fd(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
-
-    def _refuse_second_transport(self, sock: Any) -> None:
-        """RuntimeError if a live transport already owns ``sock``'s fd, as 3.12+ says (3.11
-        makes the second one, and the two then compete for the fd)."""
-        if sock.fileno() in self._transports:
-            self._ensure_fd_no_transport(sock)
 
     # ---- futures and tasks ----------------------------------------------------------
 
