@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import dataclasses
 import importlib
 import json
@@ -94,6 +95,19 @@ def emit_failure(exc: Exception) -> int:
     return 1
 
 
+def compile_package(module: str) -> None:
+    """Write the bytecode caches of the package that ``module`` belongs to, if missing or stale.
+
+    Installing a wheel does this; an editable install (and PYTHONDONTWRITEBYTECODE) does not,
+    and then every worker would compile the package's sources again on import: time and,
+    through the compiler's allocations, ~1.5 MiB of peak RSS that an installed package
+    never pays. The stdlib's and site-packages' caches already exist, so this is a no-op there.
+    """
+    package = sys.modules[module.partition(".")[0]]
+    for directory in getattr(package, "__path__", ()):
+        compileall.compile_dir(directory, quiet=2)
+
+
 def worker(spec_text: str, bench_name: str | None, work: int | None) -> int:
     """Probe a loop (no bench_name) or run one benchmark on it; print one JSON line."""
     if spec_text == NATIVE and bench_name:
@@ -115,6 +129,7 @@ def worker(spec_text: str, bench_name: str | None, work: int | None) -> int:
     try:
         if bench_name is None:
             loop.run_until_complete(asyncio.sleep(0))
+            compile_package(spec.module)
             emit({"version": loop_version(spec)})
             return 0
         bench = BENCHMARKS[bench_name]
