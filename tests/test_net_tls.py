@@ -4,18 +4,22 @@ The certificate is self-signed and generated for the session with the openssl to
 """
 
 import asyncio
+import gc
 import socket
 import ssl
+import struct
 import threading
 import time
 
 import pytest
 from net_support import (
+    TIMEOUT,
     TLS,
     Capturing,
     Echo,
     Recorder,
     assert_bytes,
+    open_fds,
     payload,
     raw_tcp_pair,
     run,
@@ -479,3 +483,91 @@ def test_connect_accepted_socket_with_tls(loop, tls):
         await protocol.lost
 
     run(loop, main())
+
+
+# -- churn with faults: nothing left behind ------------------------------------------------
+
+
+async def tls_churn_round(loop, tls, port, pairs):
+    """`pairs` connections of each kind against a TLS streams echo server on `port`: a clean
+    echo and close; a handshake cut off by the client; a reset while the server is still
+    sending; a client that leaves without close_notify."""
+
+    async def clean():
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client(), server_hostname="localhost"
+        )
+        writer.write(b"c" * 3000)
+        assert await reader.readexactly(3000) == b"c" * 3000
+        writer.close()
+        await writer.wait_closed()
+
+    async def cut_handshake():
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03")
+        sock.close()
+
+    async def reset_while_sending():
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client(), server_hostname="localhost"
+        )
+        writer.write(b"r" * 200_000)  # echoed back: more than the socket buffers hold
+        await reader.readexactly(1000)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def no_close_notify():
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client(), server_hostname="localhost"
+        )
+        writer.write(b"n" * 100)
+        await reader.readexactly(100)
+        writer.transport.abort()
+
+    kinds = [clean, cut_handshake, reset_while_sending, no_close_notify]
+    await asyncio.gather(*(kind() for _ in range(pairs) for kind in kinds))
+
+
+def test_tls_connections_churned_with_faults_leave_no_fd_or_protocol(loop, tls):
+    """The incumbents' "TLS leaks under load": after rounds of clean, cut-off, reset and
+    close_notify-less connections, the server holds no fd, SSL protocol or transport."""
+    handlers = []
+
+    async def echo(reader, writer):
+        handlers.append(asyncio.current_task())
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    def live_tls_objects():
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, asyncio.sslproto.SSLProtocol)]
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=tls.server())
+        port = server.sockets[0].getsockname()[1]
+        await tls_churn_round(loop, tls, port, 2)  # warm-up: the loop's lazily made fds
+        await asyncio.gather(*handlers)
+        gc.collect()
+        before = open_fds()
+        for _ in range(3):
+            await tls_churn_round(loop, tls, port, 10)
+        await asyncio.wait_for(asyncio.gather(*handlers), TIMEOUT)
+        for _ in range(3):  # let closes scheduled with call_soon run
+            await asyncio.sleep(0)
+        assert len(handlers) == 3 * (2 + 3 * 10)  # cut-off handshakes never reach `echo`
+        assert open_fds() - before == set()
+        assert live_tls_objects() == []
+        server.close()
+        await server.wait_closed()
+
+    loop.set_exception_handler(lambda loop, context: None)  # the faults are logged otherwise
+    run(loop, main(), timeout=60)
