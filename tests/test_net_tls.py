@@ -10,6 +10,7 @@ import ssl
 import struct
 import threading
 import time
+import tracemalloc
 
 import pytest
 from net_support import (
@@ -19,6 +20,7 @@ from net_support import (
     Echo,
     Recorder,
     assert_bytes,
+    loop_name,
     open_fds,
     payload,
     raw_tcp_pair,
@@ -483,6 +485,84 @@ def test_connect_accepted_socket_with_tls(loop, tls):
         await protocol.lost
 
     run(loop, main())
+
+
+# -- many connections at once ---------------------------------------------------------------
+
+
+async def tls_echo_server(loop, tls):
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=tls.server())
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_concurrent_tls_connections_each_get_their_own_bytes(loop, tls):
+    """Sixteen TLS echoes at once, each a different 300 KB: reads of many connections in
+    one loop iteration (ferroloop receives them all into one buffer) never mix."""
+
+    async def one(port, index):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client(), server_hostname="localhost"
+        )
+        data = bytes([index]) * 1000 + payload(300_000)
+        writer.write(data)
+        echoed = await reader.readexactly(len(data))
+        writer.close()
+        await writer.wait_closed()
+        return echoed == data
+
+    async def main():
+        server, port = await tls_echo_server(loop, tls)
+        results = await asyncio.gather(*(one(port, index) for index in range(16)))
+        server.close()
+        await server.wait_closed()
+        return results
+
+    assert run(loop, main(), timeout=60) == [True] * 16
+
+
+def test_tls_connections_keep_no_read_buffer_of_their_own(loop, tls):
+    """The stdlib's SSLProtocol keeps a zero-filled 256 KiB read buffer per connection;
+    on ferroloop the loop's TLS connections share one (docs/architecture.md)."""
+    if loop_name(loop) != "ferroloop":
+        pytest.skip("the stdlib loop gives each TLS connection its own read buffer")
+    connections = 8
+
+    async def main():
+        server, port = await tls_echo_server(loop, tls)
+        opened = []
+
+        async def one():
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls.client(), server_hostname="localhost"
+            )
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            opened.append(writer)
+
+        await one()  # the shared buffer itself, and what else a first connection makes
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            await asyncio.gather(*(one() for _ in range(connections)))
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        for writer in opened:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return grown
+
+    grown = run(loop, main())
+    # Each connection has two ends, client and server, here: 2 * 8 * 256 KiB on the stdlib.
+    assert grown < connections * 256 * 1024 / 2, grown
 
 
 # -- churn with faults: nothing left behind ------------------------------------------------

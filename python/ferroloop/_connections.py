@@ -499,6 +499,25 @@ class ConnectionsMixin:
 
     # ---- TLS ------------------------------------------------------------------------
 
+    def _new_ssl_protocol(self, *args: Any, **kwargs: Any) -> sslproto.SSLProtocol:
+        """The stdlib's SSLProtocol, receiving into the loop's one TLS read buffer.
+
+        An SSLProtocol hands its transport a 256 KiB buffer to receive into, and its
+        ``buffer_updated`` copies what arrived into its MemoryBIO before any other code
+        runs. So one buffer can serve every TLS connection of the loop, instead of each
+        keeping 256 KiB of its own, zero-filled and so all of it resident (uvloop allocates
+        its buffer per connection too, but leaves it untouched).
+        """
+        ssl_protocol = sslproto.SSLProtocol(self, *args, **kwargs)
+        shared = self._tls_read_buffer
+        own = getattr(ssl_protocol, "_ssl_buffer", None)
+        if isinstance(own, bytearray) and (shared is None or len(shared) == len(own)):
+            if shared is None:
+                shared = self._tls_read_buffer = memoryview(own)
+            ssl_protocol._ssl_buffer = shared.obj
+            ssl_protocol._ssl_buffer_view = shared
+        return ssl_protocol
+
     def _make_ssl_transport(
         self,
         rawsock: socket.socket,
@@ -515,8 +534,7 @@ class ConnectionsMixin:
     ) -> Any:
         """A TLS transport over ``rawsock``: the stdlib's SSLProtocol on our transport."""
         self._sock_fd(rawsock)  # refused if a live transport owns the fd, as on 3.12+
-        ssl_protocol = sslproto.SSLProtocol(
-            self,
+        ssl_protocol = self._new_ssl_protocol(
             protocol,
             sslcontext,
             waiter,
@@ -550,8 +568,7 @@ class ConnectionsMixin:
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
 
         waiter = self.create_future()
-        ssl_protocol = sslproto.SSLProtocol(
-            self,
+        ssl_protocol = self._new_ssl_protocol(
             protocol,
             sslcontext,
             waiter,

@@ -78,6 +78,8 @@ class Loop(
         # it, as on the stdlib loop). A plain dict: an entry costs one C-level store per
         # connection; a dead entry is overwritten when its fd number is reused.
         self._transports: dict[int, weakref.ref[Any]] = {}
+        # The receive buffer the loop's TLS connections share (`_new_ssl_protocol`).
+        self._tls_read_buffer: memoryview | None = None
         self._set_debug_flag(coroutines._is_debug_mode())
 
     def __repr__(self) -> str:
