@@ -508,14 +508,23 @@ class ConnectionsMixin:
         keeping 256 KiB of its own, zero-filled and so all of it resident (uvloop allocates
         its buffer per connection too, but leaves it untouched).
         """
-        ssl_protocol = sslproto.SSLProtocol(self, *args, **kwargs)
+        ssl_protocol = sslproto.SSLProtocol.__new__(sslproto.SSLProtocol)
+        # `__init__` sizes the buffer it makes by `max_size`: 0 for the call (an instance
+        # value over the class's) spares allocating and zero-filling 256 KiB only to drop it.
+        ssl_protocol.max_size = 0
+        try:
+            ssl_protocol.__init__(self, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            del ssl_protocol.max_size
+        own = vars(ssl_protocol).get("_ssl_buffer")
+        if not (isinstance(own, bytearray) and len(own) == 0):
+            # Not the SSLProtocol this was written for (3.11 to 3.13): the plain way, then.
+            return sslproto.SSLProtocol(self, *args, **kwargs)
         shared = self._tls_read_buffer
-        own = getattr(ssl_protocol, "_ssl_buffer", None)
-        if isinstance(own, bytearray) and (shared is None or len(shared) == len(own)):
-            if shared is None:
-                shared = self._tls_read_buffer = memoryview(own)
-            ssl_protocol._ssl_buffer = shared.obj
-            ssl_protocol._ssl_buffer_view = shared
+        if shared is None:
+            shared = self._tls_read_buffer = memoryview(bytearray(ssl_protocol.max_size))
+        ssl_protocol._ssl_buffer = shared.obj
+        ssl_protocol._ssl_buffer_view = shared
         return ssl_protocol
 
     def _make_ssl_transport(
