@@ -18,13 +18,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_net import PEAK_RSS, EchoProtocol, Meter, peak_rss_mib, serve_client, server_closer
-from harness import Measurement, Metric, Missing, benchmark
+from bench_net import (
+    CPU_PER_CONNECTION,
+    PEAK_RSS,
+    EchoProtocol,
+    Meter,
+    peak_rss_mib,
+    serve_client,
+    server_closer,
+)
+from harness import Measurement, Missing, benchmark
 
 HERE = Path(__file__).resolve().parent
 TLS_HELD = 200  # connections the client holds open at once
 TLS_WARMUP = 200
-CPU_PER_CONNECTION = Metric("cpu_us", "server CPU per connection", "µs")
 
 
 def make_certificate(directory: str) -> tuple[str, str]:
