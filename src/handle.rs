@@ -24,6 +24,7 @@ use pyo3::{ffi, IntoPyObjectExt};
 
 use crate::call_args::Args;
 use crate::gil_cell::GilCell;
+use crate::timers::Sequenced;
 use pyo3::{PyTraverseError, PyVisit};
 
 /// The callback and arguments of a handle that has not been cancelled.
@@ -110,6 +111,8 @@ pub struct TimerState {
     when: AtomicU64,
     /// True while the timer sits in its loop's heap.
     scheduled: AtomicBool,
+    /// Its place in scheduling order, given by the heap (`Sequenced`).
+    seq: AtomicU64,
     /// The loop's count of cancelled timers still in its heap (drives compaction).
     heap_cancelled: Arc<AtomicUsize>,
 }
@@ -119,8 +122,26 @@ impl TimerState {
         Self {
             when: AtomicU64::new(when.to_bits()),
             scheduled: AtomicBool::new(true),
+            seq: AtomicU64::new(0),
             heap_cancelled,
         }
+    }
+}
+
+/// A timer's place in its loop's heap among equal deadlines (set once per scheduling,
+/// while the timer is out of the heap).
+impl Sequenced for Py<Handle> {
+    fn set_seq(&self, seq: u64) {
+        if let Some(timer) = &self.get().timer {
+            timer.seq.store(seq, Ordering::Relaxed);
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.get()
+            .timer
+            .as_ref()
+            .map_or(0, |timer| timer.seq.load(Ordering::Relaxed))
     }
 }
 

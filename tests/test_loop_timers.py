@@ -91,6 +91,25 @@ def test_timers_with_equal_deadlines_all_fire_before_later_ones(loop):
     assert calls[20:] == ["later"]
 
 
+def test_timers_with_equal_deadlines_fire_in_scheduling_order_on_ferroloop(loop):
+    """ferroloop's own promise (the stdlib's heap makes none): equal deadlines fire first
+    scheduled, first run, also when the timers are reused ones from the loop's pool."""
+    if type(loop).__module__.startswith("asyncio"):
+        pytest.skip("the stdlib heap does not order equal deadlines")
+    for _ in range(3):  # fire and free timers, so later ones come from the pool
+        loop.run_until_complete(asyncio.sleep(0))
+        for _ in range(40):
+            loop.call_later(0, int)
+        loop.run_until_complete(asyncio.sleep(0.001))
+    calls = []
+    when = loop.time() + 0.005
+    for i in range(60):
+        loop.call_at(when, calls.append, i)
+        loop.call_at(when - 1, int)  # due at once: interleaves pops with pushes
+    run_for(loop, 0.02)
+    assert calls == list(range(60))
+
+
 def test_timer_never_fires_before_its_deadline(loop):
     late = []
     handles = {}
