@@ -101,6 +101,11 @@ def _connection_error(attempts: list[list[OSError]], all_errors: bool) -> Except
     return OSError(f"Multiple exceptions: {', '.join(str(exc) for exc in errors)}")
 
 
+# The SSLProtocol of 3.11 to 3.13, whose `__init__` makes its read buffer from `max_size`
+# and whose `buffer_updated` copies out of it at once: what `_new_ssl_protocol` relies on.
+_SSLPROTOCOL_AS_KNOWN = sys.version_info < (3, 14)
+
+
 class ConnectionsMixin:
     """Stream connections and servers, as methods of ``ferroloop.Loop``."""
 
@@ -508,6 +513,8 @@ class ConnectionsMixin:
         keeping 256 KiB of its own, zero-filled and so all of it resident (uvloop allocates
         its buffer per connection too, but leaves it untouched).
         """
+        if not _SSLPROTOCOL_AS_KNOWN:
+            return sslproto.SSLProtocol(self, *args, **kwargs)
         ssl_protocol = sslproto.SSLProtocol.__new__(sslproto.SSLProtocol)
         # `__init__` sizes the buffer it makes by `max_size`: 0 for the call (an instance
         # value over the class's) spares allocating and zero-filling 256 KiB only to drop it.
@@ -516,15 +523,13 @@ class ConnectionsMixin:
             ssl_protocol.__init__(self, *args, **kwargs)  # type: ignore[misc]
         finally:
             del ssl_protocol.max_size
-        own = vars(ssl_protocol).get("_ssl_buffer")
-        if not (isinstance(own, bytearray) and len(own) == 0):
-            # Not the SSLProtocol this was written for (3.11 to 3.13): the plain way, then.
-            return sslproto.SSLProtocol(self, *args, **kwargs)
-        shared = self._tls_read_buffer
-        if shared is None:
-            shared = self._tls_read_buffer = memoryview(bytearray(ssl_protocol.max_size))
-        ssl_protocol._ssl_buffer = shared.obj
-        ssl_protocol._ssl_buffer_view = shared
+        if isinstance(vars(ssl_protocol).get("_ssl_buffer"), bytearray):
+            shared = self._tls_read_buffer
+            if shared is None:
+                shared = self._tls_read_buffer = memoryview(bytearray(ssl_protocol.max_size))
+            ssl_protocol._ssl_buffer = shared.obj
+            ssl_protocol._ssl_buffer_view = shared
+        # Otherwise it keeps what it made: `get_buffer` grows a buffer smaller than it needs.
         return ssl_protocol
 
     def _make_ssl_transport(
