@@ -203,9 +203,7 @@ impl StreamCore {
             state.queued = 0;
             state.front_sent = 0;
             let held = std::mem::take(&mut state.held);
-            if let Some(loop_) = &state.loop_ {
-                loop_.get().give_back_hold_buffer(held);
-            }
+            state.give_back(held);
             state.closing = true;
             state.conn_lost += 1;
             (dropped, state.loop_.as_ref().map(|l| l.clone_ref(py)))
@@ -768,6 +766,7 @@ impl StreamState {
         Ok(())
     }
 
+    /// Hands a held-writes buffer, sent or dropped, back to the loop for the next one.
     fn give_back(&self, held: Vec<u8>) {
         if let Some(loop_) = &self.loop_ {
             loop_.get().give_back_hold_buffer(held);
