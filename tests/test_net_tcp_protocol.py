@@ -1019,3 +1019,32 @@ def test_a_second_transport_on_one_socket_is_refused(loop, how):
     if loop_name(loop) == "asyncio" and sys.version_info < (3, 12):
         pytest.skip("3.11's stdlib loop makes the second transport")
     run(loop, main())
+
+
+def test_transport_methods_follow_changes_to_the_transport_class(loop):
+    # ferroloop's transport methods read the `_core` slot at its offset while the class is
+    # unchanged; a class-level `_core` (as a mock might set) must be honoured at once.
+    async def main():
+        server, first, _, first_peer = await tcp_connection(loop)
+        _, second, _, second_peer = await tcp_connection(loop)
+        cls = type(first)
+        slot = cls.__dict__["_core"]
+        cls._core = property(lambda transport: slot.__get__(second))
+        try:
+            first.write(b"redirected")
+            assert await second_peer.received(10) == b"redirected"
+        finally:
+            cls._core = slot
+        first.write(b"home")
+        assert await first_peer.received(4) == b"home"
+        core = first._core
+        del first._core
+        with pytest.raises(AttributeError, match="'_core'"):
+            first.is_closing()
+        first._core = core
+        assert not first.is_closing()
+        await shutdown(server, (first, first_peer), (second, second_peer))
+
+    if loop_name(loop) != "ferroloop":
+        pytest.skip("the stdlib's transports have no Rust core")
+    run(loop, main())

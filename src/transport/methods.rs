@@ -7,8 +7,11 @@
 //! second one made CPython give the instance a dictionary of its own: ~460 bytes for every
 //! connection that called, say, `write` and `is_closing`, as every stream does.)
 //!
-//! Each method looks up the transport's `_core`; `write` and the methods without arguments
-//! call the core's Rust implementation, the others call the core's method of the same name.
+//! Each method finds the transport's `_core` (read straight from its slot while the class is
+//! unchanged); `write` and the methods without arguments call the core's Rust
+//! implementation, the others call the core's method of the same name.
+
+use std::sync::OnceLock;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -18,11 +21,73 @@ use pyo3::{intern, IntoPyObjectExt};
 use crate::fastcall::{add_methods, guarded, write_to, Method, FASTCALL};
 use crate::transport::stream::StreamCore;
 
+/// Where an instance of the installed class keeps its `_core` slot, so that the methods
+/// read it at its offset rather than through `getattr`: ~200 instructions less per call,
+/// 6% of the server's instructions per 1 KiB Protocol echo.
+struct CoreSlot {
+    /// The class whose `__slots__` made the slot (kept alive by this static).
+    class: Py<PyType>,
+    /// Its version tag when the slot was found: any change to the class or its bases
+    /// (say, a `_core` property assigned on it) gives it a new one.
+    version: std::os::raw::c_uint,
+    /// The slot's byte offset inside an instance.
+    offset: ffi::Py_ssize_t,
+}
+
+static CORE_SLOT: OnceLock<CoreSlot> = OnceLock::new();
+
+/// The `_core` slot of `class`, if `_core` is a plain object slot of its own.
+fn find_core_slot(class: &Bound<'_, PyType>) -> PyResult<Option<CoreSlot>> {
+    let py = class.py();
+    // Looking the attribute up on the class also gives the class a version tag.
+    let descriptor = class.getattr(intern!(py, "_core"))?;
+    let member_type = py.import("types")?.getattr("MemberDescriptorType")?;
+    if !descriptor.get_type().is(&member_type) {
+        return Ok(None);
+    }
+    // SAFETY: an object of type `member_descriptor` is a `PyMemberDescrObject`, whose
+    // `d_member` points into its class's member table (alive as long as the class); the
+    // class is a live type object.
+    let (member, owner, version) = unsafe {
+        let descriptor = descriptor.as_ptr().cast::<ffi::PyMemberDescrObject>();
+        let version = (*class.as_type_ptr()).tp_version_tag;
+        (
+            &*(*descriptor).d_member,
+            (*descriptor).d_common.d_type,
+            version,
+        )
+    };
+    let own = owner == class.as_type_ptr();
+    if !own || member.type_code != ffi::Py_T_OBJECT_EX || version == 0 {
+        return Ok(None);
+    }
+    Ok(Some(CoreSlot {
+        class: class.clone().unbind(),
+        version,
+        offset: member.offset,
+    }))
+}
+
 /// The transport's core (`transport._core`).
 ///
 /// # Safety
 /// Attached; `slf` is a live object.
 unsafe fn core_of<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(slot) = CORE_SLOT.get() {
+        let class = slot.class.as_ptr().cast::<ffi::PyTypeObject>();
+        if ffi::Py_TYPE(slf) == class && (*class).tp_version_tag == slot.version {
+            // SAFETY: `slf` is an instance of exactly the unchanged class whose `_core`
+            // member descriptor gave `offset`, so an object pointer (NULL when unset)
+            // sits there.
+            let core = *slf
+                .cast::<u8>()
+                .offset(slot.offset)
+                .cast::<*mut ffi::PyObject>();
+            if !core.is_null() {
+                return Ok(Bound::from_borrowed_ptr(py, core));
+            }
+        }
+    }
     Bound::from_borrowed_ptr(py, slf).getattr(intern!(py, "_core"))
 }
 
@@ -211,6 +276,10 @@ const WRITE: &[Method] = &[Method {
 pub fn _install_stream_transport_methods(class: &Bound<'_, PyType>) -> PyResult<()> {
     for methods in [WRITE, DIRECT, FORWARDED] {
         add_methods(class.py(), class, methods)?;
+    }
+    if let Some(slot) = find_core_slot(class)? {
+        // A second install (another class) keeps the first class's fast path.
+        let _ = CORE_SLOT.set(slot);
     }
     Ok(())
 }
