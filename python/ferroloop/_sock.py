@@ -151,8 +151,10 @@ class SockMixin:
     def _sock_fd(self, sock: Any) -> int:
         """``sock``'s fd, refused if a live transport owns it (checked before waiting)."""
         fd = sock.fileno()
-        # The common case (no transport on this fd) costs no Python-level call.
-        if fd in self._transports:
+        # The common cases cost no Python-level call: no transport ever had this fd, or the
+        # one that had it is gone (fds are reused: an accepted socket often finds one).
+        owner = self._transports.get(fd)
+        if owner is not None and owner() is not None:
             self._ensure_fd_no_transport(fd)
         return fd
 
