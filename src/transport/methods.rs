@@ -13,9 +13,11 @@
 
 use std::sync::OnceLock;
 
+use pyo3::exceptions::{PyAttributeError, PyResourceWarning};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyType};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
 use crate::fastcall::{add_methods, guarded, write_to, Method, FASTCALL};
@@ -271,10 +273,54 @@ const WRITE: &[Method] = &[Method {
           Write `data` (bytes-like) without blocking; what the socket does not take is queued.",
 }];
 
+/// `SocketTransport.__del__`: as the stdlib's transports do, a transport collected before
+/// it was closed warns (`ResourceWarning`) and closes its socket. A built-in method, so a
+/// closed transport (the usual case) costs its finalizer no Python frame.
+unsafe extern "C" fn finalize(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    guarded("SocketTransport", "__del__", |py| {
+        let nothing = py.None().into_bound(py);
+        let core = match core_of(py, slf) {
+            Ok(core) => core,
+            // `__init__` failed before making the core: nothing was opened here.
+            Err(err) if err.is_instance_of::<PyAttributeError>(py) => return Ok(nothing),
+            Err(err) => return Err(err),
+        };
+        let Ok(core) = core.cast_into::<StreamCore>() else {
+            return Ok(nothing);
+        };
+        if core.get().is_closed() {
+            return Ok(nothing);
+        }
+        static WARN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let transport = Bound::from_borrowed_ptr(py, slf);
+        let message = format!("unclosed transport {}", transport.repr()?);
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "source"), &transport)?;
+        WARN.import(py, "warnings", "warn")?
+            .call((message, py.get_type::<PyResourceWarning>()), Some(&kwargs))?;
+        transport
+            .getattr(intern!(py, "_file"))?
+            .call_method0(intern!(py, "close"))?;
+        Ok(nothing)
+    })
+}
+
+const FINALIZER: &[Method] = &[Method {
+    name: c"__del__",
+    function: ffi::PyMethodDefPointer {
+        PyCFunction: finalize,
+    },
+    flags: ffi::METH_NOARGS,
+    doc: c"__del__($self, /)\n--\n\nWarn of, and close, a transport collected unclosed.",
+}];
+
 /// Installs the methods on `class` (`SocketTransport`, once, when `_transport` is imported).
 #[pyfunction]
 pub fn _install_stream_transport_methods(class: &Bound<'_, PyType>) -> PyResult<()> {
-    for methods in [WRITE, DIRECT, FORWARDED] {
+    for methods in [WRITE, DIRECT, FORWARDED, FINALIZER] {
         add_methods(class.py(), class, methods)?;
     }
     if let Some(slot) = find_core_slot(class)? {

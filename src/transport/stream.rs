@@ -1096,6 +1096,11 @@ impl StreamCore {
         }
     }
 
+    /// Whether the transport has closed (its socket let go).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state().sock.is_none()
+    }
+
     /// (fd, reading state, write state, queued bytes) for the transport's repr.
     fn _describe(&self) -> (RawFd, bool, bool, bool, usize) {
         let state = self.state();
