@@ -712,6 +712,11 @@ impl StreamCore {
 }
 
 impl StreamCore {
+    /// Whether the transport has closed (its socket let go).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state().sock.is_none()
+    }
+
     /// Sends the writes held for the running callback (the loop calls this when it returns;
     /// the transport's own methods, before anything that must see them sent). What the
     /// socket does not take is queued as any write's rest is.
@@ -1094,11 +1099,6 @@ impl StreamCore {
             Some(sock) => Self::keep_sockname(slf, sock.bind(py)),
             None => Ok(py.None()),
         }
-    }
-
-    /// Whether the transport has closed (its socket let go).
-    pub(crate) fn is_closed(&self) -> bool {
-        self.state().sock.is_none()
     }
 
     /// (fd, reading state, write state, queued bytes) for the transport's repr.
