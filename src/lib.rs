@@ -8,6 +8,7 @@ mod fastcall;
 mod gil_cell;
 mod handle;
 mod poller;
+mod sock;
 mod timers;
 mod transport;
 
@@ -27,5 +28,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
         transport::methods::_install_stream_transport_methods,
         m
     )?)?;
+    m.add_function(wrap_pyfunction!(sock::_sock_recv_now, m)?)?;
+    m.add_function(wrap_pyfunction!(sock::_sock_send_now, m)?)?;
     Ok(())
 }

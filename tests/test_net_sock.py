@@ -1,5 +1,6 @@
 """The low-level socket API: loop.sock_* operations, their checks and their cancellation."""
 
+import array
 import asyncio
 import socket
 import ssl
@@ -482,3 +483,122 @@ def test_cancelled_sock_sendfile_stops_sending(loop, tcp_pair, tmp_path):
     sent = len(received) - len(b"<tail>")
     assert sent < len(data), "the cancelled sock_sendfile kept sending"
     assert_bytes(received, data[:sent] + b"<tail>")
+
+
+# ferroloop makes sock_recv's and sock_sendall's socket calls itself for a plain
+# non-blocking socket.socket (src/sock.rs); everything else goes to the socket's methods.
+# Either way the results and errors are the socket methods' own.
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, "4", 2**70], ids=["negative", "float", "str", "huge"])
+def test_sock_recv_bad_sizes_raise_as_the_socket_does(assert_same_error, size):
+    def action(lp):
+        a, b = raw_tcp_pair()
+        with a, b:
+            a.setblocking(False)
+            b.sendall(b"data")
+            lp.run_until_complete(lp.sock_recv(a, size))
+
+    assert_same_error(action)
+
+
+def test_sock_recv_and_sendall_on_a_closed_socket_raise_as_the_socket_does(assert_same_error):
+    def action(lp, call):
+        a, b = raw_tcp_pair()
+        with b:
+            a.setblocking(False)
+            a.close()
+            lp.run_until_complete(call(lp, a))
+
+    exc = assert_same_error(lambda lp: action(lp, lambda lp, a: lp.sock_recv(a, 10)))
+    assert isinstance(exc, OSError)
+    assert_same_error(lambda lp: action(lp, lambda lp, a: lp.sock_sendall(a, b"x")))
+
+
+def test_sock_sendall_of_a_non_contiguous_buffer_raises_as_the_socket_does(assert_same_error):
+    def action(lp):
+        a, b = raw_tcp_pair()
+        with a, b:
+            a.setblocking(False)
+            lp.run_until_complete(lp.sock_sendall(a, memoryview(b"abcdef")[::2]))
+
+    assert_same_error(action)
+
+
+def test_sock_recv_of_a_reset_connection_raises_at_once(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        a.close()
+        with pytest.raises(ConnectionResetError):
+            await loop.sock_recv(b, 100)
+
+    run(loop, main())
+
+
+def test_sock_sendall_and_recv_of_every_buffer_kind_and_size(loop, tcp_pair):
+    a, b = tcp_pair
+    ints = array.array("i", range(1000))
+    # Views cast to bytes: the stdlib's sock_sendall counts other formats in items.
+    sends = [
+        b"bytes",
+        bytearray(b"bytearray"),
+        memoryview(b"memoryview"),
+        memoryview(ints).cast("B"),
+        b"",
+    ]
+    expected = b"".join(bytes(item) for item in sends)
+
+    async def main():
+        for item in sends:
+            await loop.sock_sendall(a, item)
+        a.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        # Sizes below, at and above ferroloop's read buffer (256 KiB), and 1 byte.
+        for size in [1, 7, 256 * 1024, 300 * 1024]:
+            received += await loop.sock_recv(b, size)
+        while chunk := await loop.sock_recv(b, 4096):
+            received += chunk
+        assert await loop.sock_recv(b, 0) == b""
+        return bytes(received)
+
+    assert run(loop, main()) == expected
+
+
+def test_sock_recv_and_sendall_use_a_socket_subclass_methods(loop, tcp_pair):
+    a, b = tcp_pair
+    calls = []
+
+    class Recording(socket.socket):
+        def recv(self, n, *args):
+            calls.append(("recv", n))
+            return super().recv(n, *args)
+
+        def send(self, data, *args):
+            calls.append(("send", len(data)))
+            return super().send(data, *args)
+
+    async def main():
+        with Recording(fileno=a.detach()) as sub:
+            sub.setblocking(False)
+            await loop.sock_sendall(sub, b"ping")
+            assert await loop.sock_recv(b, 4) == b"ping"
+            b.send(b"pong")
+            assert await loop.sock_recv(sub, 10) == b"pong"
+
+    run(loop, main())
+    assert calls == [("send", 4), ("recv", 10)]
+
+
+def test_sock_recv_and_sendall_on_a_socket_with_a_timeout(loop, tcp_pair):
+    a, b = tcp_pair
+    a.settimeout(5.0)
+
+    async def main():
+        await loop.sock_sendall(a, b"ping")
+        assert await loop.sock_recv(b, 10) == b"ping"
+        b.send(b"pong")
+        assert await loop.sock_recv(a, 10) == b"pong"
+
+    run(loop, main())

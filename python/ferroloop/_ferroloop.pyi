@@ -19,6 +19,8 @@ __all__ = [
     "StreamCore",
     "TimerHandle",
     "_install_stream_transport_methods",
+    "_sock_recv_now",
+    "_sock_send_now",
 ]
 
 _T = TypeVar("_T")
@@ -247,3 +249,8 @@ class Acceptor:
     def accept(self) -> tuple[socket.socket, tuple[str, int] | None]: ...
 
 def _install_stream_transport_methods(cls: type) -> None: ...
+def _sock_recv_now(sock: socket.socket, n: int) -> bytes | None:
+    """``sock.recv(n)``, or None where that would raise BlockingIOError/InterruptedError."""
+
+def _sock_send_now(sock: socket.socket, data: Any) -> int | None:
+    """``sock.send(data)``, or None where that would raise BlockingIOError/InterruptedError."""

@@ -29,6 +29,8 @@ import sys
 from asyncio import constants, exceptions
 from typing import Any
 
+from ._ferroloop import _sock_recv_now, _sock_send_now
+
 try:
     import ssl
 except ImportError:  # pragma: no cover - Python built without ssl
@@ -166,11 +168,14 @@ class SockMixin:
             raise TypeError(_SSL_REJECTED)
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError(_MUST_BE_NONBLOCKING)
-        try:
-            return sock.recv(n)
-        except _NOT_READY:
-            pass
-        return await self._sock_retry(self._sock_readable, sock, "recv", n)
+        # sock.recv(n), None when not ready: see src/sock.rs.
+        data = _sock_recv_now(sock, n)
+        if data is None:
+            fd = self._sock_fd(sock)
+            while data is None:
+                await self._sock_readable.ready(fd)
+                data = _sock_recv_now(sock, n)
+        return data
 
     async def sock_recv_into(self, sock: Any, buf: Any) -> int:
         """Receive into the writable buffer ``buf``; return the number of bytes written."""
@@ -223,10 +228,8 @@ class SockMixin:
             raise TypeError(_SSL_REJECTED)
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError(_MUST_BE_NONBLOCKING)
-        try:
-            sent = sock.send(data)
-        except _NOT_READY:
-            sent = 0
+        # sock.send(data), None when not ready: see src/sock.rs.
+        sent = _sock_send_now(sock, data) or 0
         if sent == len(data):
             return
         fd = self._sock_fd(sock)
@@ -236,10 +239,7 @@ class SockMixin:
             size = len(view)
             while sent < size:
                 await self._sock_writable.ready(fd)
-                try:
-                    sent += sock.send(view[sent:])
-                except _NOT_READY:
-                    pass
+                sent += _sock_send_now(sock, view[sent:]) or 0
 
     async def sock_sendto(self, sock: Any, data: Any, address: Any) -> int:
         """Send the datagram ``data`` to ``address``; return the number of bytes sent."""

@@ -1,0 +1,158 @@
+//! The socket calls of `loop.sock_recv` and `loop.sock_sendall`, made here for a plain
+//! non-blocking `socket.socket`.
+//!
+//! `sock.recv(n)` and `sock.send(data)` parse their arguments with the old `PyArg_Parse*`
+//! machinery, release the GIL around a syscall that cannot block, allocate `n` bytes and
+//! shrink them, and report "not ready" as a `BlockingIOError` that the coroutine then
+//! catches: in a request/response exchange that is every first attempt. Here the syscall
+//! is made directly, the data copied out of the thread's read buffer, and "not ready"
+//! returned as `None`. What these functions do not take on (a subclass, which may
+//! override the method; a blocking or timed socket, whose method waits; a closed socket,
+//! an unusual size or buffer) goes to the socket's own method, as on the stdlib loop, with
+//! its would-block errors also returned as `None`.
+
+use std::os::fd::RawFd;
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyMemoryView};
+
+use crate::errors::os_error;
+use crate::transport::io::{socket_class, READ_BUFFER, READ_CHUNK};
+
+/// `sock.recv(n)`, or `None` where that would raise `BlockingIOError` or
+/// `InterruptedError`.
+#[pyfunction]
+pub fn _sock_recv_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    n: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
+    if let (Some(fd), Ok(size)) = (plain_nonblocking_fd(sock)?, n.extract::<isize>()) {
+        if size > 0 && size as usize <= READ_CHUNK {
+            let size = size as usize;
+            loop {
+                let received = READ_BUFFER.with_borrow_mut(|buf| {
+                    // SAFETY: `buf` holds READ_CHUNK >= size writable bytes.
+                    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), size, 0) };
+                    match n {
+                        n if n >= 0 => Ok(PyBytes::new(py, &buf[..n as usize])),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+                match received {
+                    Ok(data) => return Ok(Some(data.into_any())),
+                    Err(err) => match after_failure(py, err)? {
+                        Retry::Again => continue,
+                        Retry::Later => return Ok(None),
+                    },
+                }
+            }
+        }
+    }
+    none_if_not_ready(py, sock.call_method1(intern!(py, "recv"), (n,)))
+}
+
+/// `sock.send(data)`, or `None` where that would raise `BlockingIOError` or
+/// `InterruptedError`.
+#[pyfunction]
+pub fn _sock_send_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
+    if let Some(fd) = plain_nonblocking_fd(sock)? {
+        let sent = if let Ok(bytes) = data.cast_exact::<PyBytes>() {
+            Some(send(py, fd, bytes.as_bytes())?)
+        } else if data.is_exact_instance_of::<PyByteArray>()
+            || data.is_exact_instance_of::<PyMemoryView>()
+        {
+            let view = PyUntypedBuffer::get(data)?;
+            match view.is_c_contiguous() {
+                // SAFETY: the exported buffer is C-contiguous, `len_bytes()` long, and
+                // stays valid while `view` lives; `send` runs no Python code with it.
+                true => Some(send(py, fd, unsafe {
+                    std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes())
+                })?),
+                false => None,
+            }
+        } else {
+            None
+        };
+        if let Some(sent) = sent {
+            return Ok(sent
+                .map(|n| n.into_pyobject(py).map(Bound::into_any))
+                .transpose()?);
+        }
+    }
+    none_if_not_ready(py, sock.call_method1(intern!(py, "send"), (data,)))
+}
+
+/// The fd of `sock` if it is a plain `socket.socket` in non-blocking mode (timeout 0).
+fn plain_nonblocking_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = sock.py();
+    if !sock.get_type().is(socket_class(py)?) {
+        return Ok(None);
+    }
+    let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
+    match timeout.cast::<PyFloat>() {
+        Ok(timeout) if timeout.value() == 0.0 => {}
+        _ => return Ok(None),
+    }
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+    Ok((fd >= 0).then_some(fd))
+}
+
+/// One `send` of `data`: the count sent, or `None` if the socket would block.
+fn send(py: Python<'_>, fd: RawFd, data: &[u8]) -> PyResult<Option<usize>> {
+    loop {
+        // SAFETY: `data` is valid for reads of its length for the call.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), 0) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match after_failure(py, std::io::Error::last_os_error())? {
+            Retry::Again => continue,
+            Retry::Later => return Ok(None),
+        }
+    }
+}
+
+enum Retry {
+    /// Interrupted by a signal whose handler did not raise: make the call again (PEP 475).
+    Again,
+    /// Not ready: wait for the socket.
+    Later,
+}
+
+/// What to do after a failed socket call; for anything but EINTR and EAGAIN, the
+/// exception the socket method raises.
+fn after_failure(py: Python<'_>, err: std::io::Error) -> PyResult<Retry> {
+    match err.kind() {
+        std::io::ErrorKind::Interrupted => {
+            py.check_signals()?;
+            Ok(Retry::Again)
+        }
+        std::io::ErrorKind::WouldBlock => Ok(Retry::Later),
+        _ => Err(os_error(py, err)),
+    }
+}
+
+/// The socket method's result, or `None` for its would-block errors.
+fn none_if_not_ready<'py>(
+    py: Python<'py>,
+    result: PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err)
+            if err.is_instance_of::<PyBlockingIOError>(py)
+                || err.is_instance_of::<PyInterruptedError>(py) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
