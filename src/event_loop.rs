@@ -39,7 +39,7 @@ use crate::handle::{
     closed_loop_error, hide_while_queued, leave_queue, lock, prefetch_object, show_handle, Handle,
     HandlePool, TimerHandle, TimerState,
 };
-use crate::poller::{FdWatchers, Poller, Ready, Side, WAKER_TOKEN};
+use crate::poller::{FdWatchers, Poller, Ready, Side, Wake, WAKER_TOKEN};
 use crate::timers::TimerHeap;
 use crate::transport::stream::StreamCore;
 use crate::transport::IoTransport;
@@ -82,6 +82,8 @@ struct State {
     watchers: FdWatchers,
     /// Fds whose watchers were woken this iteration; re-armed after their callbacks ran.
     rearm: Vec<RawFd>,
+    /// Parked fds that reported an event while no one waited (`Wake::Stale`).
+    stale: Vec<RawFd>,
     /// The timers an iteration found due, before they are queued (kept for its buffer).
     due: Vec<Option<Py<Handle>>>,
     registry: Option<Registry>,
@@ -562,13 +564,15 @@ impl LoopCore {
             .push_back(Ready::StartReading(transport));
     }
 
-    /// Adds or replaces the reader/writer of `fileobj`.
+    /// Adds or replaces the reader/writer of `fileobj`; `after_not_ready`: the caller just
+    /// found the fd not ready on that side, so a parked registration serves as it is.
     fn add_watcher(
         &self,
         fileobj: &Bound<'_, PyAny>,
         side: Side,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        after_not_ready: bool,
     ) -> PyResult<Py<Handle>> {
         let py = fileobj.py();
         self.check_closed()?;
@@ -587,6 +591,7 @@ impl LoopCore {
                 watchers, registry, ..
             } = &mut *state;
             match registry {
+                Some(registry) if after_not_ready => watchers.unpark(registry, fd, side, handle),
                 Some(registry) => watchers.add(registry, fd, side, handle),
                 None => Err((std::io::Error::from_raw_os_error(libc::EBADF), handle)),
             }
@@ -695,6 +700,7 @@ impl LoopCore {
             let State {
                 watchers,
                 rearm,
+                stale,
                 ready,
                 ..
             } = &mut *state;
@@ -702,8 +708,10 @@ impl LoopCore {
                 if event.token() == WAKER_TOKEN {
                     continue;
                 }
-                if watchers.ready(py, event, ready) {
-                    rearm.push(event.token().0 as RawFd);
+                match watchers.ready(py, event, ready) {
+                    Wake::Nothing => {}
+                    Wake::Rearm => rearm.push(event.token().0 as RawFd),
+                    Wake::Stale => stale.push(event.token().0 as RawFd),
                 }
             }
         }
@@ -919,6 +927,7 @@ impl LoopCore {
         let State {
             watchers,
             rearm,
+            stale,
             registry,
             spare,
             ..
@@ -930,6 +939,14 @@ impl LoopCore {
                 }
             }
             rearm.clear();
+        }
+        if !stale.is_empty() {
+            if let Some(registry) = registry {
+                for fd in stale.drain(..) {
+                    watchers.drop_if_parked(registry, fd);
+                }
+            }
+            stale.clear();
         }
         if let Some(batch) = batch.filter(VecDeque::is_empty) {
             // `take_batch` took the spare buffer, leaving a deque that owns no memory:
@@ -994,6 +1011,7 @@ impl LoopCore {
                 timers: TimerHeap::default(),
                 watchers: FdWatchers::default(),
                 rearm: Vec::new(),
+                stale: Vec::new(),
                 due: Vec::new(),
                 registry: Some(registry),
                 waker: Some(waker),
@@ -1174,12 +1192,41 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        self.add_watcher(fd, Side::Read, callback, args)
+        self.add_watcher(fd, Side::Read, callback, args, false)
     }
 
     /// Stop watching `fd` for reading; returns whether it was watched.
     fn remove_reader(&self, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.remove_watcher(fd, Side::Read)
+    }
+
+    /// For the `sock_*` one-shot waits: `add_reader`/`add_writer` (`write` picks the side)
+    /// right after a call on `fd` found it not ready, reusing a parked registration.
+    #[pyo3(signature = (write, fd, callback, *args))]
+    fn _unpark_watcher(
+        &self,
+        write: bool,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let side = if write { Side::Write } else { Side::Read };
+        self.add_watcher(fd, side, callback, args, true)
+    }
+
+    /// For the `sock_*` one-shot waits: removes the reader (or writer) of the int `fd`
+    /// and leaves its epoll registration for `_unpark_watcher`. Returns whether one was
+    /// removed.
+    fn _park_watcher(&self, py: Python<'_>, write: bool, fd: RawFd) -> PyResult<bool> {
+        let side = if write { Side::Write } else { Side::Read };
+        let parked = self.state.lock().watchers.park(fd, side);
+        Ok(match parked {
+            Some(handle) => {
+                Handle::cancel(handle.bind(py))?;
+                true
+            }
+            None => false,
+        })
     }
 
     /// Start watching `fd` for writing; `callback(*args)` runs while it is writable.
@@ -1191,7 +1238,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        self.add_watcher(fd, Side::Write, callback, args)
+        self.add_watcher(fd, Side::Write, callback, args, false)
     }
 
     /// Stop watching `fd` for writing; returns whether it was watched.

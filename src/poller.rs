@@ -7,6 +7,14 @@
 //! unread). So after a watcher's callback has run, the loop *re-arms* the fd with
 //! `reregister`: epoll then reports it again if it is still ready, and never reports it
 //! spuriously before the callback has had its chance to drain it.
+//!
+//! The `sock_*` operations' one-shot watchers may *park* their fd instead of removing the
+//! watcher: the watcher goes, the epoll registration stays, and the next one-shot wait on
+//! the same socket re-installs its watcher without a syscall (`unpark`). That is sound
+//! because such a wait always follows a call that found the socket not ready: any data
+//! arriving after it raises a new edge, reported to the new watcher. A parked fd that
+//! reports an event while no one waits is deregistered (the socket may have been closed
+//! with its registration kept alive by a duplicate), so the next wait registers anew.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -77,6 +85,18 @@ impl Poller {
 pub struct FdWatch {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    /// The interest epoll has for the fd (set by each register or reregister).
+    registered: Option<Interest>,
+}
+
+/// What an event on a watched fd asks of the loop once its callbacks have run.
+pub enum Wake {
+    /// Nothing: the fd has no Python watchers.
+    Nothing,
+    /// Re-arm it (`FdWatchers::rearm`), for level-triggered semantics.
+    Rearm,
+    /// It is parked and no one waits: deregister it (`FdWatchers::drop_if_parked`).
+    Stale,
 }
 
 impl FdWatch {
@@ -162,7 +182,12 @@ impl FdWatchers {
                 })
         };
         match outcome {
-            Ok(()) => Ok(previous),
+            Ok(()) => {
+                if let Some(watch) = self.watches.get_mut(&fd) {
+                    watch.registered = Some(interest);
+                }
+                Ok(previous)
+            }
             Err(err) => {
                 let watch = self.watches.entry(fd).or_default();
                 let slot = match side {
@@ -193,6 +218,7 @@ impl FdWatchers {
             // The fd may already be closed (epoll forgot it then): nothing to undo.
             Some(interest) => {
                 let _ = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
+                watch.registered = Some(interest);
             }
             None => {
                 self.watches.remove(&fd);
@@ -202,9 +228,60 @@ impl FdWatchers {
         removed
     }
 
+    /// Removes one side's watcher and leaves the epoll registration as it is (see the
+    /// module notes). Returns the removed handle, if there was one.
+    pub fn park(&mut self, fd: RawFd, side: Side) -> Option<Py<Handle>> {
+        let watch = self.watches.get_mut(&fd)?;
+        match side {
+            Side::Read => watch.reader.take(),
+            Side::Write => watch.writer.take(),
+        }
+    }
+
+    /// Installs `handle` on one side of `fd` after a call on it found it not ready: with
+    /// no syscall if the fd is registered with exactly the interest it now needs (parked),
+    /// else as `add` does.
+    pub fn unpark(
+        &mut self,
+        registry: &Registry,
+        fd: RawFd,
+        side: Side,
+        handle: Py<Handle>,
+    ) -> Result<Option<Py<Handle>>, (std::io::Error, Py<Handle>)> {
+        if let Some(watch) = self.watches.get_mut(&fd) {
+            let (slot, other) = match side {
+                Side::Read => (&mut watch.reader, watch.writer.is_some()),
+                Side::Write => (&mut watch.writer, watch.reader.is_some()),
+            };
+            let needed = match (side, other) {
+                (_, true) => Interest::READABLE | Interest::WRITABLE,
+                (Side::Read, false) => Interest::READABLE,
+                (Side::Write, false) => Interest::WRITABLE,
+            };
+            if slot.is_none() && watch.registered == Some(needed) {
+                *slot = Some(handle);
+                return Ok(None);
+            }
+        }
+        self.add(registry, fd, side, handle)
+    }
+
+    /// Deregisters `fd` if it is parked with no watcher (an event came while no one
+    /// waited: see the module notes).
+    pub fn drop_if_parked(&mut self, registry: &Registry, fd: RawFd) {
+        if self
+            .watches
+            .get(&fd)
+            .is_some_and(|watch| watch.interest().is_none())
+        {
+            self.watches.remove(&fd);
+            let _ = registry.deregister(&mut SourceFd(&fd));
+        }
+    }
+
     /// Queues what an event wakes (an error or hang-up wakes both sides, as the
-    /// selectors module does). Returns whether the fd has Python watchers to re-arm.
-    pub fn ready(&self, py: Python<'_>, event: &Event, out: &mut VecDeque<Ready>) -> bool {
+    /// selectors module does), and says what the fd needs once they have run.
+    pub fn ready(&self, py: Python<'_>, event: &Event, out: &mut VecDeque<Ready>) -> Wake {
         let fd = event.token().0 as RawFd;
         let failed = event.is_error();
         let readable = event.is_readable() || event.is_read_closed() || failed;
@@ -218,8 +295,11 @@ impl FdWatchers {
                     read_closed: event.is_read_closed() || failed,
                 });
             }
-            return false;
+            return Wake::Nothing;
         };
+        if watch.interest().is_none() {
+            return Wake::Stale;
+        }
         for (wanted, slot) in [(readable, &watch.reader), (writable, &watch.writer)] {
             if let Some(handle) = slot.as_ref().filter(|_| wanted) {
                 if !handle.get().is_cancelled() {
@@ -227,7 +307,7 @@ impl FdWatchers {
                 }
             }
         }
-        true
+        Wake::Rearm
     }
 
     /// Registers a transport's fd, edge-triggered both ways. Python watchers left on the
@@ -267,10 +347,15 @@ impl FdWatchers {
         Some(transport)
     }
 
-    /// Re-arms an fd after its callbacks ran, so a still-ready fd is reported again.
-    pub fn rearm(&self, registry: &Registry, fd: RawFd) {
-        if let Some(interest) = self.watches.get(&fd).and_then(FdWatch::interest) {
+    /// Re-arms an fd after its callbacks ran, so a still-ready fd is reported again. (A
+    /// callback that parked the fd leaves it as it is.)
+    pub fn rearm(&mut self, registry: &Registry, fd: RawFd) {
+        let Some(watch) = self.watches.get_mut(&fd) else {
+            return;
+        };
+        if let Some(interest) = watch.interest() {
             let _ = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
+            watch.registered = Some(interest);
         }
     }
 

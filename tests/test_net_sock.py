@@ -602,3 +602,146 @@ def test_sock_recv_and_sendall_on_a_socket_with_a_timeout(loop, tcp_pair):
         assert await loop.sock_recv(a, 10) == b"pong"
 
     run(loop, main())
+
+
+# A sock_* wait that fires leaves ferroloop's fd registered for the next wait on the same
+# socket (src/poller.rs, "parked"); whatever happens to the fd in between, the next user
+# of it must be served as on the stdlib loop.
+
+
+def test_sock_recv_on_a_new_socket_that_reuses_a_closed_ones_fd(loop):
+    async def main():
+        a, peer = socket.socketpair()
+        a.setblocking(False)
+        reader = loop.create_task(loop.sock_recv(a, 10))
+        await iterations()
+        peer.send(b"first")
+        assert await reader == b"first"
+        fd = a.fileno()
+        a.close()
+        peer.close()
+        b, peer = socket.socketpair()
+        with b, peer:
+            assert fd in (b.fileno(), peer.fileno())
+            if peer.fileno() == fd:
+                b, peer = peer, b
+            b.setblocking(False)
+            reader = loop.create_task(loop.sock_recv(b, 10))
+            await iterations()
+            peer.send(b"second")
+            assert await asyncio.wait_for(reader, 5) == b"second"
+
+    run(loop, main())
+
+
+def test_sock_recv_after_a_duplicate_kept_the_closed_socket_alive(loop):
+    async def main():
+        a, peer = socket.socketpair()
+        a.setblocking(False)
+        reader = loop.create_task(loop.sock_recv(a, 10))
+        await iterations()
+        peer.send(b"first")
+        assert await reader == b"first"
+        duplicate = a.dup()  # the old file stays open (and registered, if it was)
+        fd = a.fileno()
+        a.close()
+        b, other = socket.socketpair()
+        with duplicate, peer, b, other:
+            if other.fileno() == fd:
+                b, other = other, b
+            b.setblocking(False)
+            peer.send(b"to the old file")  # may wake a stale registration of fd
+            reader = loop.create_task(loop.sock_recv(b, 10))
+            await iterations()
+            assert not reader.done()
+            other.send(b"second")
+            assert await asyncio.wait_for(reader, 5) == b"second"
+
+    run(loop, main())
+
+
+def test_fd_watchers_after_a_sock_recv_see_the_fd_as_unwatched(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        reader = loop.create_task(loop.sock_recv(a, 10))
+        await iterations()
+        b.send(b"one")
+        assert await reader == b"one"
+        assert loop.remove_reader(a.fileno()) is False
+        b.send(b"two")  # pending before the reader is added: it must still be told
+        readable = loop.create_future()
+        loop.add_reader(a.fileno(), lambda: readable.done() or readable.set_result(True))
+        assert await asyncio.wait_for(readable, 5)
+        assert loop.remove_reader(a.fileno()) is True
+        assert await loop.sock_recv(a, 10) == b"two"
+
+    run(loop, main())
+
+
+def test_a_transport_takes_over_a_socket_sock_recv_used(loop):
+    async def main():
+        a, peer = socket.socketpair()
+        a.setblocking(False)
+        reader = loop.create_task(loop.sock_recv(a, 10))
+        await iterations()
+        peer.send(b"raw")
+        assert await reader == b"raw"
+        received = loop.create_future()
+
+        class Collect(asyncio.Protocol):
+            def data_received(self, data):
+                received.set_result(data)
+
+        transport, _ = await loop.connect_accepted_socket(Collect, a)
+        peer.send(b"via transport")
+        assert await asyncio.wait_for(received, 5) == b"via transport"
+        transport.close()
+        peer.close()
+
+    run(loop, main())
+
+
+def test_data_arriving_between_sock_recvs_is_received_and_the_next_wait_wakes(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        for round_ in range(20):
+            reader = loop.create_task(loop.sock_recv(a, 100))
+            await iterations(2)
+            b.send(b"wake %d" % round_)
+            assert await asyncio.wait_for(reader, 5) == b"wake %d" % round_
+            b.send(b"unawaited %d" % round_)  # arrives while no one waits
+            await iterations(2)
+            assert await loop.sock_recv(a, 100) == b"unawaited %d" % round_
+
+    run(loop, main())
+
+
+def test_full_duplex_sock_sendall_and_recv_on_both_ends(loop, tcp_pair):
+    a, b = tcp_pair
+    size = 4 * 1024 * 1024
+    ab, ba = payload(size), payload(size)[::-1]
+
+    async def receive(sock):
+        received = bytearray()
+        while len(received) < size:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk
+            received += chunk
+        return bytes(received)
+
+    async def main():
+        return await asyncio.wait_for(
+            asyncio.gather(
+                loop.sock_sendall(a, ab),
+                loop.sock_sendall(b, ba),
+                receive(b),
+                receive(a),
+            ),
+            30,
+        )
+
+    _, _, at_b, at_a = run(loop, main())
+    assert_bytes(at_b, ab)
+    assert_bytes(at_a, ba)

@@ -26,6 +26,7 @@ import io
 import os
 import socket
 import sys
+import weakref
 from asyncio import constants, exceptions
 from typing import Any
 
@@ -94,20 +95,42 @@ def _ip_literal_addrinfo(
 
 
 class _OneShotWaits:
-    """The sock_* readiness waits on one side (read or write) of a loop's fds."""
+    """The sock_* readiness waits on one side (read or write) of a loop's fds.
 
-    __slots__ = ("_create_future", "_add", "_remove", "_owners")
+    A wait on a socket that a call just found not ready leaves, when it fires, the fd
+    registered (*parked*, see ``src/poller.rs``), so the next such wait on the same
+    socket costs no syscall: a request/response exchange otherwise adds and removes its
+    fd's registration on every round trip.
+    """
 
-    def __init__(self, create_future: Any, add: Any, remove: Any) -> None:
+    __slots__ = ("_create_future", "_add", "_unpark", "_park", "_remove", "_owners", "_parked")
+
+    def __init__(self, create_future: Any, add: Any, unpark: Any, park: Any, remove: Any) -> None:
         self._create_future = create_future
-        self._add, self._remove = add, remove  # the loop's _add_reader/_remove_reader, …
+        # The loop's _add_reader/_unpark_watcher/_park_watcher/_remove_reader (side bound)
+        # or their writer counterparts.
+        self._add, self._unpark, self._park, self._remove = add, unpark, park, remove
         self._owners: dict[int, Any] = {}  # fd -> the future its watcher resolves
+        # fd -> a weak reference to the socket whose wait parked it: only that socket,
+        # still open on that fd, may reuse the registration (a closed fd's number may have
+        # been reused by another socket, which epoll does not know).
+        self._parked: dict[int, weakref.ref[Any]] = {}
 
-    async def ready(self, fd: int) -> None:
+    async def ready(self, fd: int, sock: Any) -> None:
         """Return once ``fd`` is ready, through a watcher that removes itself; a wait that
-        ends otherwise (cancelled, or the coroutine closed) removes it if it still owns it."""
+        ends otherwise (cancelled, or the coroutine closed) removes it if it still owns it.
+
+        ``sock`` is the socket on ``fd`` that a call just found not ready; None if the
+        wait follows anything else (it then re-arms the fd, which reports it if ready).
+        """
         fut = self._create_future()
-        self._add(fd, self._fire, fd, fut)
+        parked = self._parked.pop(fd, None)
+        if sock is None:
+            self._add(fd, self._fire, fd, fut, None)
+        else:
+            if parked is not None and (parked() is not sock or sock.fileno() != fd):
+                self._remove(fd)  # another socket's parked registration: forget it
+            self._unpark(fd, self._fire, fd, fut, sock)
         self._owners[fd] = fut
         try:
             await fut
@@ -117,10 +140,16 @@ class _OneShotWaits:
                 self._remove(fd)
             raise
 
-    def _fire(self, fd: int, fut: Any) -> None:
+    def _fire(self, fd: int, fut: Any, sock: Any) -> None:
         # Runs only while it is fd's watcher (adding or removing a watcher cancels the one
-        # it replaces), so removing fd's watcher removes this one.
-        self._remove(fd)
+        # it replaces), so parking or removing fd's watcher removes this one.
+        if sock is None:
+            self._remove(fd)
+        elif self._park(fd):
+            try:
+                self._parked[fd] = weakref.ref(sock)
+            except TypeError:  # a socket-like object without weak references
+                self._remove(fd)
         if self._owners.get(fd) is fut:
             del self._owners[fd]
         if not fut.done():
@@ -132,11 +161,23 @@ class SockMixin:
 
     @functools.cached_property
     def _sock_readable(self) -> _OneShotWaits:
-        return _OneShotWaits(self.create_future, self._add_reader, self._remove_reader)
+        return _OneShotWaits(
+            self.create_future,
+            self._add_reader,
+            functools.partial(self._unpark_watcher, False),
+            functools.partial(self._park_watcher, False),
+            self._remove_reader,
+        )
 
     @functools.cached_property
     def _sock_writable(self) -> _OneShotWaits:
-        return _OneShotWaits(self.create_future, self._add_writer, self._remove_writer)
+        return _OneShotWaits(
+            self.create_future,
+            self._add_writer,
+            functools.partial(self._unpark_watcher, True),
+            functools.partial(self._park_watcher, True),
+            self._remove_writer,
+        )
 
     async def _sock_retry(self, waits: _OneShotWaits, sock: Any, method: str, *args: Any) -> Any:
         """``sock.<method>(*args)`` each time ``sock`` turns ready, until it does not
@@ -144,7 +185,7 @@ class SockMixin:
         is looked up at each attempt, as a direct call would."""
         fd = self._sock_fd(sock)
         while True:
-            await waits.ready(fd)
+            await waits.ready(fd, sock)
             try:
                 return getattr(sock, method)(*args)
             except _NOT_READY:
@@ -173,7 +214,7 @@ class SockMixin:
         if data is None:
             fd = self._sock_fd(sock)
             while data is None:
-                await self._sock_readable.ready(fd)
+                await self._sock_readable.ready(fd, sock)
                 data = _sock_recv_now(sock, n)
         return data
 
@@ -238,7 +279,7 @@ class SockMixin:
         with memoryview(data) as whole, whole.cast("B") as view:
             size = len(view)
             while sent < size:
-                await self._sock_writable.ready(fd)
+                await self._sock_writable.ready(fd, sock)
                 sent += _sock_send_now(sock, view[sent:]) or 0
 
     async def sock_sendto(self, sock: Any, data: Any, address: Any) -> int:
@@ -405,8 +446,9 @@ class SockMixin:
                     offset += sent
                     total_sent += sent
                 # Wait for room; after a block sent, this also lets other callbacks run
-                # between blocks, as on the stdlib loop.
-                await self._sock_writable.ready(fd)
+                # between blocks, as on the stdlib loop. (Not necessarily after a call that
+                # found the socket full: no parked registration, see _OneShotWaits.)
+                await self._sock_writable.ready(fd, None)
         finally:
             if total_sent > 0:
                 os.lseek(fileno, offset, os.SEEK_SET)
