@@ -1214,6 +1214,13 @@ impl LoopCore {
         self.add_watcher(fd, side, callback, args, true)
     }
 
+    /// The running callback of `fd`'s watcher read it until it would block (as the accept
+    /// loop does): the edge-triggered registration will report the next readiness, so the
+    /// re-arming after the callback (an `epoll_ctl`) is skipped.
+    fn _fd_drained(&self, fd: RawFd) {
+        self.state.lock().rearm.retain(|&woken| woken != fd);
+    }
+
     /// For the `sock_*` one-shot waits: removes the reader (or writer) of the int `fd`
     /// and leaves its epoll registration for `_unpark_watcher`. Returns whether one was
     /// removed.

@@ -285,6 +285,37 @@ def test_a_thousand_concurrent_connections(loop):
     assert run(loop, main(), timeout=30) == count
 
 
+def test_connections_one_by_one_and_in_bursts_larger_than_an_accept_batch(loop):
+    # One at a time, each arrives at a listener the accept loop drained (ferroloop then
+    # relies on the next edge, with no re-arm); 25 already queued when serving starts with
+    # backlog=4 are accepted 4 per callback, the rest reported again.
+    async def main():
+        made = asyncio.Queue()
+
+        class Made(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.put_nowait(transport)
+
+        listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        address = listener.getsockname()
+        clients = []
+        server = await loop.create_server(Made, sock=listener, backlog=4, start_serving=False)
+        clients += [socket.create_connection(address) for _ in range(25)]
+        await server.start_serving()
+        for _ in range(25):
+            (await asyncio.wait_for(made.get(), 5)).close()
+        for _ in range(30):
+            clients.append(socket.create_connection(address))
+            (await asyncio.wait_for(made.get(), 5)).close()
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+        return made.qsize()
+
+    assert run(loop, main()) == 0
+
+
 async def connected_clients(loop, server, count):
     """`count` clients of `server`, each having exchanged one echo."""
     clients = []

@@ -1013,7 +1013,11 @@ class ConnectionsMixin:
         for _ in range(backlog):
             try:
                 conn, addr = accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            except BlockingIOError:
+                # Drained: epoll reports the next connection without a re-arm.
+                self._fd_drained(sock.fileno())
+                return
+            except (InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
                 if exc.errno not in _OUT_OF_RESOURCES:
