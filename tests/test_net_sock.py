@@ -609,14 +609,21 @@ def test_sock_recv_and_sendall_on_a_socket_with_a_timeout(loop, tcp_pair):
 # of it must be served as on the stdlib loop.
 
 
+async def socketpair_after_a_sock_recv_wait(loop):
+    """A non-blocking socket pair whose first socket has had one sock_recv wait and
+    receive (on ferroloop its fd is left parked)."""
+    a, peer = socket.socketpair()
+    a.setblocking(False)
+    reader = loop.create_task(loop.sock_recv(a, 10))
+    await iterations()
+    peer.send(b"first")
+    assert await reader == b"first"
+    return a, peer
+
+
 def test_sock_recv_on_a_new_socket_that_reuses_a_closed_ones_fd(loop):
     async def main():
-        a, peer = socket.socketpair()
-        a.setblocking(False)
-        reader = loop.create_task(loop.sock_recv(a, 10))
-        await iterations()
-        peer.send(b"first")
-        assert await reader == b"first"
+        a, peer = await socketpair_after_a_sock_recv_wait(loop)
         fd = a.fileno()
         a.close()
         peer.close()
@@ -636,12 +643,7 @@ def test_sock_recv_on_a_new_socket_that_reuses_a_closed_ones_fd(loop):
 
 def test_sock_recv_after_a_duplicate_kept_the_closed_socket_alive(loop):
     async def main():
-        a, peer = socket.socketpair()
-        a.setblocking(False)
-        reader = loop.create_task(loop.sock_recv(a, 10))
-        await iterations()
-        peer.send(b"first")
-        assert await reader == b"first"
+        a, peer = await socketpair_after_a_sock_recv_wait(loop)
         duplicate = a.dup()  # the old file stays open (and registered, if it was)
         fd = a.fileno()
         a.close()
@@ -681,12 +683,7 @@ def test_fd_watchers_after_a_sock_recv_see_the_fd_as_unwatched(loop, tcp_pair):
 
 def test_a_transport_takes_over_a_socket_sock_recv_used(loop):
     async def main():
-        a, peer = socket.socketpair()
-        a.setblocking(False)
-        reader = loop.create_task(loop.sock_recv(a, 10))
-        await iterations()
-        peer.send(b"raw")
-        assert await reader == b"raw"
+        a, peer = await socketpair_after_a_sock_recv_wait(loop)
         received = loop.create_future()
 
         class Collect(asyncio.Protocol):
