@@ -75,6 +75,9 @@ fn find_core_slot(class: &Bound<'_, PyType>) -> PyResult<Option<CoreSlot>> {
 /// # Safety
 /// Attached; `slf` is a live object.
 unsafe fn core_of<'py>(py: Python<'py>, slf: *mut ffi::PyObject) -> PyResult<Bound<'py, PyAny>> {
+    // Free-threaded builds take `getattr`: there another thread may replace the slot's
+    // object between the read and the incref, which CPython's own read guards against.
+    #[cfg(not(Py_GIL_DISABLED))]
     if let Some(slot) = CORE_SLOT.get() {
         let class = slot.class.as_ptr().cast::<ffi::PyTypeObject>();
         if ffi::Py_TYPE(slf) == class && (*class).tp_version_tag == slot.version {
