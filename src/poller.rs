@@ -100,6 +100,13 @@ pub enum Wake {
 }
 
 impl FdWatch {
+    fn slot(&mut self, side: Side) -> &mut Option<Py<Handle>> {
+        match side {
+            Side::Read => &mut self.reader,
+            Side::Write => &mut self.writer,
+        }
+    }
+
     fn interest(&self) -> Option<Interest> {
         match (self.reader.is_some(), self.writer.is_some()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
@@ -163,11 +170,7 @@ impl FdWatchers {
     ) -> Result<Option<Py<Handle>>, (std::io::Error, Py<Handle>)> {
         let is_new = !self.watches.contains_key(&fd);
         let watch = self.watches.entry(fd).or_default();
-        let slot = match side {
-            Side::Read => &mut watch.reader,
-            Side::Write => &mut watch.writer,
-        };
-        let previous = slot.replace(handle);
+        let previous = watch.slot(side).replace(handle);
         let interest = watch.interest().unwrap_or(Interest::READABLE);
         let token = Token(fd as usize);
         let outcome = if is_new {
@@ -190,11 +193,7 @@ impl FdWatchers {
             }
             Err(err) => {
                 let watch = self.watches.entry(fd).or_default();
-                let slot = match side {
-                    Side::Read => &mut watch.reader,
-                    Side::Write => &mut watch.writer,
-                };
-                let ours = std::mem::replace(slot, previous);
+                let ours = std::mem::replace(watch.slot(side), previous);
                 if is_new {
                     self.watches.remove(&fd);
                 }
@@ -210,10 +209,7 @@ impl FdWatchers {
     /// Returns the removed handle, if there was one.
     pub fn remove(&mut self, registry: &Registry, fd: RawFd, side: Side) -> Option<Py<Handle>> {
         let watch = self.watches.get_mut(&fd)?;
-        let removed = match side {
-            Side::Read => watch.reader.take(),
-            Side::Write => watch.writer.take(),
-        };
+        let removed = watch.slot(side).take();
         match watch.interest() {
             // The fd may already be closed (epoll forgot it then): nothing to undo.
             Some(interest) => {
@@ -231,11 +227,7 @@ impl FdWatchers {
     /// Removes one side's watcher and leaves the epoll registration as it is (see the
     /// module notes). Returns the removed handle, if there was one.
     pub fn park(&mut self, fd: RawFd, side: Side) -> Option<Py<Handle>> {
-        let watch = self.watches.get_mut(&fd)?;
-        match side {
-            Side::Read => watch.reader.take(),
-            Side::Write => watch.writer.take(),
-        }
+        self.watches.get_mut(&fd)?.slot(side).take()
     }
 
     /// Installs `handle` on one side of `fd` after a call on it found it not ready: with
@@ -248,19 +240,18 @@ impl FdWatchers {
         side: Side,
         handle: Py<Handle>,
     ) -> Result<Option<Py<Handle>>, (std::io::Error, Py<Handle>)> {
+        let mut handle = handle;
         if let Some(watch) = self.watches.get_mut(&fd) {
-            let (slot, other) = match side {
-                Side::Read => (&mut watch.reader, watch.writer.is_some()),
-                Side::Write => (&mut watch.writer, watch.reader.is_some()),
-            };
-            let needed = match (side, other) {
-                (_, true) => Interest::READABLE | Interest::WRITABLE,
-                (Side::Read, false) => Interest::READABLE,
-                (Side::Write, false) => Interest::WRITABLE,
-            };
-            if slot.is_none() && watch.registered == Some(needed) {
-                *slot = Some(handle);
-                return Ok(None);
+            if watch.slot(side).is_none() {
+                *watch.slot(side) = Some(handle);
+                if watch.interest() == watch.registered {
+                    return Ok(None);
+                }
+                // The registration needs changing: as `add` does it.
+                match watch.slot(side).take() {
+                    Some(taken) => handle = taken,
+                    None => return Ok(None),
+                }
             }
         }
         self.add(registry, fd, side, handle)
