@@ -25,6 +25,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::pipe::PipeCore>()?;
     m.add_class::<transport::accept::Acceptor>()?;
     m.add_function(wrap_pyfunction!(
+        transport::setup::_init_socket_transport,
+        m
+    )?)?;
+    m.add_function(wrap_pyfunction!(
         transport::methods::_install_stream_transport_methods,
         m
     )?)?;

@@ -158,6 +158,36 @@ def test_transport_identity_and_extra_info(loop):
     run(loop, main())
 
 
+def test_transport_asks_the_socket_for_its_peer_unless_told(loop):
+    """A transport's "peername": the one given in ``extra``, else the socket's
+    ``getpeername()``, else (the socket has no peer) None."""
+
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        told, asked = (socket.create_connection(address) for _ in range(2))
+        unconnected = socket.socket()
+        for sock in (told, asked, unconnected):
+            sock.setblocking(False)
+        transports = [
+            loop._make_socket_transport(told, asyncio.Protocol(), extra={"peername": "given"}),
+            loop._make_socket_transport(asked, asyncio.Protocol()),
+            loop._make_socket_transport(unconnected, asyncio.Protocol()),
+        ]
+        peernames = [t.get_extra_info("peername") for t in transports]
+        nodelay = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in (told, asked)]
+        for transport in transports:
+            transport.abort()
+        await asyncio.sleep(0)
+        server.close()
+        await server.wait_closed()
+        return peernames, nodelay, address
+
+    peernames, nodelay, address = run(loop, main())
+    assert peernames == ["given", address, None]
+    assert all(nodelay)
+
+
 class ListenerSocket(socket.socket):
     """A socket subclass: its accept() is its own business (the loop must call it)."""
 

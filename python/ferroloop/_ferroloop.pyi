@@ -18,6 +18,7 @@ __all__ = [
     "PipeCore",
     "StreamCore",
     "TimerHandle",
+    "_init_socket_transport",
     "_install_stream_transport_methods",
     "_sock_recv_now",
     "_sock_send_now",
@@ -256,6 +257,17 @@ class Acceptor:
 
     def __new__(cls, listener: socket.socket, kind: int, proto: int) -> Acceptor: ...
     def accept(self) -> tuple[socket.socket, tuple[str, int] | None]: ...
+
+def _init_socket_transport(
+    transport: Any,
+    loop_: LoopCore,
+    sock: socket.socket,
+    protocol: Any,
+    waiter: Any,
+    extra: dict[str, Any],
+    server: Any,
+) -> int:
+    """``SocketTransport.__init__``'s work after the plain attributes; returns the fd."""
 
 def _install_stream_transport_methods(cls: type) -> None: ...
 def _sock_recv_now(sock: socket.socket, n: int) -> bytes | None:

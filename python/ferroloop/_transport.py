@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import _socket
 import socket
-import weakref
 from asyncio import constants, futures, transports, trsock
 from typing import Any
 
 from ._core_transport import CoreTransport
-from ._ferroloop import Acceptor, StreamCore, _install_stream_transport_methods
+from ._ferroloop import Acceptor, _init_socket_transport, _install_stream_transport_methods
 
 # The C-level attributes: ``socket.socket.family`` and ``.type`` are properties that build
-# an enum member on every read, which costs more than the rest of a transport's set-up.
+# an enum member on every read.
 _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
-_TCP_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6))
 _AF_INET = socket.AF_INET
 _SOCK_STREAM = socket.SOCK_STREAM
-_IPPROTO_TCP = socket.IPPROTO_TCP
-_TCP_NODELAY = socket.TCP_NODELAY
 
 
 def fast_accept(sock: socket.socket) -> tuple[Any, bool]:
@@ -71,40 +67,17 @@ class SocketTransport(CoreTransport, transports.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        # BaseTransport.__init__, inline: this runs once per accepted connection.
+        # BaseTransport.__init__, inline. "socket" and "sockname" are made when first
+        # asked for (see get_extra_info).
         if extra is None:
             extra = {}
-        # "socket" and "sockname" are made when first asked for (see get_extra_info).
         self._extra = extra
-        if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
-        # Small writes go out at once, as on the stdlib loop (which sets it on every TCP
-        # socket). Inline, and with the C-level attributes: this runs per connection.
-        try:
-            family, kind = _raw_family(sock), _raw_type(sock)
-        except TypeError:  # not a _socket.socket: its own attributes answer
-            family, kind = sock.family, sock.type
-        if family in _TCP_FAMILIES and kind == _SOCK_STREAM and sock.proto == _IPPROTO_TCP:
-            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
         self._loop = loop
         self._sock = self._file = sock
-        self._sock_fd = sock.fileno()
         self._empty_waiter: futures.Future | None = None
-        core = StreamCore(loop, sock, protocol, self, server)
-        self._core = core
-        core._register()
-        # One weak reference serves the loop's fd map and the server's set of clients.
-        client = server._attach(self) if server is not None else None
-        loop._transports[self._sock_fd] = client if client is not None else weakref.ref(self)
-        # As on the stdlib loop: connection_made first, reading right after (queued as a
-        # step of the loop's own, not a Python callback), then the waiter.
-        loop.call_soon(protocol.connection_made, self)
-        core._start_reading_soon()
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        # The rest (the peer's address, TCP_NODELAY, the core, the server's and the loop's
+        # records, connection_made, reading, the waiter): src/transport/setup.rs.
+        self._sock_fd = _init_socket_transport(self, loop, sock, protocol, waiter, extra, server)
 
     # write, close, is_closing, the buffer limits and the reading and protocol switches are
     # served by the Rust core: installed below, as built-in methods of this class.

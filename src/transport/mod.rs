@@ -8,6 +8,7 @@ pub mod io;
 pub mod methods;
 pub mod pipe;
 pub mod recycle;
+pub mod setup;
 pub mod stream;
 
 use std::os::fd::RawFd;

@@ -794,7 +794,7 @@ impl StreamState {
 impl StreamCore {
     #[new]
     #[pyo3(signature = (loop_, sock, protocol, transport, server=None))]
-    fn new(
+    pub(crate) fn new(
         loop_: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
@@ -836,7 +836,7 @@ impl StreamCore {
     }
 
     /// Registers the fd with the loop's poller (reading starts with `_start_reading`).
-    fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
         if slf.get().state().loop_.is_none() {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
@@ -844,7 +844,7 @@ impl StreamCore {
     }
 
     /// Queues the start of reading right behind `connection_made` (no Python callback).
-    fn _start_reading_soon(slf: &Bound<'_, Self>) {
+    pub(crate) fn _start_reading_soon(slf: &Bound<'_, Self>) {
         if let Some(loop_) = slf.get().loop_of(slf.py()) {
             loop_.get().queue_start_reading(Self::me(slf));
         }
