@@ -981,6 +981,7 @@ class ConnectionsMixin:
             backlog,
             ssl_handshake_timeout,
             ssl_shutdown_timeout,
+            fast_accept(sock),  # worked out once per listener, not once per readiness
         )
 
     def _stop_serving(self, sock: socket.socket) -> None:
@@ -1005,18 +1006,18 @@ class ConnectionsMixin:
         backlog: int = 100,
         ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+        acceptor: tuple[Callable[[], tuple[Any, Any]], bool] | None = None,
     ) -> None:
         """The listening socket is readable: accept what is queued, at most ``backlog``
-        connections, so one busy listener cannot hold the loop."""
+        connections, so one busy listener cannot hold the loop. ``acceptor``: what
+        ``fast_accept(sock)`` gives, if the caller has it."""
         debug = self.get_debug()
-        accept, nonblocking = fast_accept(sock)
+        accept, nonblocking = fast_accept(sock) if acceptor is None else acceptor
         for _ in range(backlog):
             try:
-                conn, addr = accept()
+                accepted = accept()
             except BlockingIOError:
-                # Drained: epoll reports the next connection without a re-arm.
-                self._fd_drained(sock.fileno())
-                return
+                accepted = None
             except (InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -1042,6 +1043,11 @@ class ConnectionsMixin:
                     ssl_shutdown_timeout,
                 )
                 return
+            if accepted is None:
+                # Drained: epoll reports the next connection without a re-arm.
+                self._fd_drained(sock.fileno())
+                return
+            conn, addr = accepted
             if debug:
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
             # Each connection's protocol runs in a context of its own, as it would in the

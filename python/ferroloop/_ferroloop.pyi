@@ -256,7 +256,8 @@ class Acceptor:
     sockets (``ferroloop._transport.fast_accept``)."""
 
     def __new__(cls, listener: socket.socket, kind: int, proto: int) -> Acceptor: ...
-    def accept(self) -> tuple[socket.socket, tuple[str, int] | None]: ...
+    def accept(self) -> tuple[socket.socket, tuple[str, int] | None] | None:
+        """One connection, or None when none is waiting."""
 
 def _init_socket_transport(
     transport: Any,

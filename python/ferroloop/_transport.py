@@ -30,7 +30,8 @@ def fast_accept(sock: socket.socket) -> tuple[Any, bool]:
     already non-blocking. An AF_INET stream listener gets the Rust ``Acceptor`` (accept4
     with SOCK_NONBLOCK, the peer's address converted there); other plain sockets skip
     ``socket.accept``'s two enum look-ups per connection. Either way the accepted socket
-    gets the listener's family, type and protocol, as ``socket.accept`` gives it."""
+    gets the listener's family, type and protocol, as ``socket.accept`` gives it. The
+    ``Acceptor`` returns None where ``socket.accept`` raises ``BlockingIOError``."""
     if type(sock) is not socket.socket:
         return sock.accept, False  # a subclass or a stand-in may define its own
     family, kind, proto = _raw_family(sock), _raw_type(sock), sock.proto

@@ -58,9 +58,14 @@ impl Acceptor {
         }
     }
 
-    /// One connection: `(socket.socket, (host, port))`; raises what `socket.accept()`
-    /// raises (`BlockingIOError` when none is waiting).
-    fn accept<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    /// One connection: `(socket.socket, (host, port))`, or None when none is waiting (where
+    /// `socket.accept()` raises `BlockingIOError`: on a listener that is drained at every
+    /// readiness, building that exception cost more than the rest of the call); raises the
+    /// other errors `socket.accept()` raises.
+    fn accept<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
         let api = socket_api(py)?;
         // Asked every time, as `socket.accept()` does: the listener may have been closed
         // by the code that ran for the previous connection (then -1 gives EBADF).
@@ -79,13 +84,17 @@ impl Acceptor {
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             ) as isize
         });
-        let conn_fd = accepted.map_err(|err| os_error(py, err))? as i32;
+        let conn_fd = match accepted {
+            Ok(fd) => fd as i32,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(err) => return Err(os_error(py, err)),
+        };
         let conn = self.wrap(py, api, conn_fd)?;
         let address = match inet4::from_sockaddr(&peer, len) {
             Some((ip, port)) => inet4::address(py, ip, port)?,
             None => py.None().into_bound(py), // no address given, which CPython reports as None
         };
-        Ok((conn, address))
+        Ok(Some((conn, address)))
     }
 }
 
