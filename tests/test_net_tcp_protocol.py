@@ -188,6 +188,52 @@ def test_transport_asks_the_socket_for_its_peer_unless_told(loop):
     assert all(nodelay)
 
 
+class SocketStandIn:
+    """Not a ``socket.socket``: hands everything a transport asks for to one."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_transport_over_an_object_standing_in_for_a_socket(loop):
+    """Its own ``family``/``type``/``proto`` decide TCP_NODELAY, and data flows both ways."""
+
+    async def main():
+        received = loop.create_future()
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(data)
+
+        class Client(asyncio.Protocol):
+            def data_received(self, data):
+                received.set_result(data)
+
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        sock = socket.create_connection(server.sockets[0].getsockname())
+        sock.setblocking(False)
+        transport = loop._make_socket_transport(SocketStandIn(sock), Client())
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        transport.write(b"over the stand-in")
+        data = await asyncio.wait_for(received, 5)
+        transport.close()
+        await asyncio.sleep(0)
+        server.close()
+        await server.wait_closed()
+        return nodelay, data, sock.fileno()
+
+    nodelay, data, fileno = run(loop, main())
+    assert nodelay
+    assert data == b"over the stand-in"
+    assert fileno == -1  # closed by the transport, through the stand-in
+
+
 class ListenerSocket(socket.socket):
     """A socket subclass: its accept() is its own business (the loop must call it)."""
 

@@ -176,6 +176,20 @@ pub fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
     getter.call1(py, (sock,))?.extract(py)
 }
 
+/// The type of a `socket.socket` as a plain int (`sock.type` would build an enum member).
+pub fn socket_type(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
+    static TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = sock.py();
+    let getter = TYPE.get_or_try_init(py, || {
+        py.import("_socket")?
+            .getattr("socket")?
+            .getattr("type")?
+            .getattr("__get__")
+            .map(Bound::unbind)
+    })?;
+    getter.call1(py, (sock,))?.extract(py)
+}
+
 /// `sock.close()`. For an exact `socket.socket` it does what that method's two Python
 /// frames do, with C calls: mark the socket closed, then close the fd unless `makefile()`
 /// objects still use it. Anything else (a subclass, a stand-in) gets its own `close`.

@@ -15,48 +15,23 @@ use pyo3::types::PyWeakrefReference;
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
-use crate::transport::io::socket_class;
+use crate::transport::io::{socket_class, socket_family, socket_type};
 use crate::transport::stream::StreamCore;
-
-/// `_socket.socket`'s C-level `family` and `type` getters: `socket.socket.family` and
-/// `.type` are properties that build an enum member on every read.
-struct RawGetters {
-    family: Py<PyAny>,
-    kind: Py<PyAny>,
-}
-
-fn raw_getters(py: Python<'_>) -> PyResult<&'static RawGetters> {
-    static GETTERS: PyOnceLock<RawGetters> = PyOnceLock::new();
-    GETTERS.get_or_try_init(py, || {
-        let base = py.import("_socket")?.getattr("socket")?;
-        Ok(RawGetters {
-            family: base.getattr("family")?.getattr("__get__")?.unbind(),
-            kind: base.getattr("type")?.getattr("__get__")?.unbind(),
-        })
-    })
-}
 
 /// Whether `sock` is a TCP socket (IPv4 or IPv6 stream, protocol TCP), which gets
 /// `TCP_NODELAY` as the stdlib loop gives every one: small writes go out at once.
 fn is_tcp(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = sock.py();
-    let getters = raw_getters(py)?;
-    let (family, kind) = match (
-        getters.family.call1(py, (sock,)),
-        getters.kind.call1(py, (sock,)),
-    ) {
-        (Ok(family), Ok(kind)) => (family.into_bound(py), kind.into_bound(py)),
+    let (family, kind) = match (socket_family(sock), socket_type(sock)) {
+        (Ok(family), Ok(kind)) => (Some(family), Some(kind)),
         // Not a `_socket.socket`: its own attributes answer.
         (Err(err), _) | (_, Err(err)) if err.is_instance_of::<PyTypeError>(py) => (
-            sock.getattr(intern!(py, "family"))?,
-            sock.getattr(intern!(py, "type"))?,
+            sock.getattr(intern!(py, "family"))?.extract().ok(),
+            sock.getattr(intern!(py, "type"))?.extract().ok(),
         ),
         (Err(err), _) | (_, Err(err)) => return Err(err),
     };
-    let family = family.extract::<i32>().ok();
-    if !matches!(family, Some(libc::AF_INET | libc::AF_INET6))
-        || kind.extract::<i32>().ok() != Some(libc::SOCK_STREAM)
-    {
+    if !matches!(family, Some(libc::AF_INET | libc::AF_INET6)) || kind != Some(libc::SOCK_STREAM) {
         return Ok(false);
     }
     let proto = sock.getattr(intern!(py, "proto"))?;
