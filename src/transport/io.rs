@@ -165,25 +165,27 @@ pub fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 /// enum member).
 pub fn socket_family(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
     static FAMILY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let py = sock.py();
-    let getter = FAMILY.get_or_try_init(py, || {
-        py.import("_socket")?
-            .getattr("socket")?
-            .getattr("family")?
-            .getattr("__get__")
-            .map(Bound::unbind)
-    })?;
-    getter.call1(py, (sock,))?.extract(py)
+    c_level_int(sock, &FAMILY, "family")
 }
 
 /// The type of a `socket.socket` as a plain int (`sock.type` would build an enum member).
 pub fn socket_type(sock: &Bound<'_, PyAny>) -> PyResult<i32> {
     static TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    c_level_int(sock, &TYPE, "type")
+}
+
+/// `_socket.socket`'s own getter of `name` (kept in `getter`), called on `sock`; a
+/// `TypeError` if `sock` is not a `_socket.socket`.
+fn c_level_int(
+    sock: &Bound<'_, PyAny>,
+    getter: &PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<i32> {
     let py = sock.py();
-    let getter = TYPE.get_or_try_init(py, || {
+    let getter = getter.get_or_try_init(py, || {
         py.import("_socket")?
             .getattr("socket")?
-            .getattr("type")?
+            .getattr(name)?
             .getattr("__get__")
             .map(Bound::unbind)
     })?;
