@@ -188,6 +188,34 @@ def test_transport_asks_the_socket_for_its_peer_unless_told(loop):
     assert all(nodelay)
 
 
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
+def test_server_side_peername_over_ipv6(loop):
+    """An IPv6 connection's "peername" on the accepting side: the client's own
+    ``(host, port, flowinfo, scope_id)``, as ``socket.accept()`` gives it."""
+
+    async def main():
+        accepted = loop.create_future()
+
+        class Accepting(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport.get_extra_info("peername"))
+                transport.close()
+
+        server = await loop.create_server(Accepting, "::1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname()[:2])
+        peername = await asyncio.wait_for(accepted, 5)
+        expected = client.getsockname()
+        client.close()
+        server.close()
+        await server.wait_closed()
+        return peername, expected
+
+    peername, expected = run(loop, main())
+    assert peername == expected
+    assert peername[0] == "::1"
+    assert len(peername) == 4
+
+
 class SocketStandIn:
     """Not a ``socket.socket``: hands everything a transport asks for to one."""
 

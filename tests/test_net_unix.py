@@ -129,6 +129,42 @@ def test_abstract_namespace(loop):
     run(loop, main())
 
 
+@pytest.mark.parametrize("client_name", ["unnamed", "path", "abstract"])
+def test_server_side_peername_is_the_clients_name(loop, tmp_path, client_name):
+    """What the accepting side's transport reports as "peername": the client socket's own
+    name, as ``socket.accept()`` gives it ("" for an unnamed one, ``bytes`` for an abstract
+    one)."""
+    path = str(tmp_path / "server.sock")
+    name = {
+        "unnamed": None,
+        "path": str(tmp_path / "client.sock"),
+        "abstract": f"\0ferroloop-client-{os.getpid()}-{id(loop)}".encode(),
+    }[client_name]
+
+    async def main():
+        accepted = loop.create_future()
+
+        class Accepting(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport.get_extra_info("peername"))
+                transport.close()
+
+        server = await loop.create_unix_server(Accepting, path)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if name is not None:
+            client.bind(name)
+        client.connect(path)
+        peername = await asyncio.wait_for(accepted, 5)
+        client.close()
+        server.close()
+        await server.wait_closed()
+        return peername
+
+    peername = run(loop, main())
+    assert peername == ("" if name is None else name)
+    assert type(peername) is (bytes if client_name == "abstract" else str)
+
+
 def test_stale_socket_file_is_replaced(loop, tmp_path):
     path = str(tmp_path / "stale.sock")
     with socket.socket(socket.AF_UNIX) as old:

@@ -252,10 +252,10 @@ class PipeCore:
 
 @final
 class Acceptor:
-    """``listener.accept()`` of an AF_INET stream ``socket.socket``, giving non-blocking
-    sockets (``ferroloop._transport.fast_accept``)."""
+    """``listener.accept()`` of an AF_INET, AF_INET6 or AF_UNIX stream ``socket.socket``,
+    giving non-blocking sockets (``ferroloop._transport.fast_accept``)."""
 
-    def __new__(cls, listener: socket.socket, kind: int, proto: int) -> Acceptor: ...
+    def __new__(cls, listener: socket.socket, family: int, kind: int, proto: int) -> Acceptor: ...
     def accept(self) -> tuple[socket.socket, tuple[str, int] | None] | None:
         """One connection, or None when none is waiting."""
 

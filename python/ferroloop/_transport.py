@@ -21,22 +21,23 @@ from ._ferroloop import Acceptor, _init_socket_transport, _install_stream_transp
 # an enum member on every read.
 _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
-_AF_INET = socket.AF_INET
+_ACCEPTOR_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6, socket.AF_UNIX))
 _SOCK_STREAM = socket.SOCK_STREAM
 
 
 def fast_accept(sock: socket.socket) -> tuple[Any, bool]:
     """``sock.accept`` without its Python frames, and whether the sockets it hands out are
-    already non-blocking. An AF_INET stream listener gets the Rust ``Acceptor`` (accept4
-    with SOCK_NONBLOCK, the peer's address converted there); other plain sockets skip
+    already non-blocking. An AF_INET, AF_INET6 or AF_UNIX stream listener gets the Rust
+    ``Acceptor`` (accept4 with SOCK_NONBLOCK, the peer's address converted there); other
+    plain sockets skip
     ``socket.accept``'s two enum look-ups per connection. Either way the accepted socket
     gets the listener's family, type and protocol, as ``socket.accept`` gives it. The
     ``Acceptor`` returns None where ``socket.accept`` raises ``BlockingIOError``."""
     if type(sock) is not socket.socket:
         return sock.accept, False  # a subclass or a stand-in may define its own
     family, kind, proto = _raw_family(sock), _raw_type(sock), sock.proto
-    if family == _AF_INET and kind == _SOCK_STREAM:
-        return Acceptor(sock, kind, proto).accept, True
+    if family in _ACCEPTOR_FAMILIES and kind == _SOCK_STREAM:
+        return Acceptor(sock, family, kind, proto).accept, True
     accept_fd = sock._accept
     make = socket.socket
 
