@@ -34,5 +34,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_recv_now, m)?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_send_now, m)?)?;
+    m.add_function(wrap_pyfunction!(sock::_sock_connect_now, m)?)?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! an unusual size or buffer) goes to the socket's own method, as on the stdlib loop, with
 //! its would-block errors also returned as `None`.
 
+use std::mem::size_of;
 use std::os::fd::RawFd;
 
 use pyo3::buffer::PyUntypedBuffer;
@@ -20,7 +21,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyMemoryView};
 
 use crate::errors::os_error;
-use crate::transport::io::{socket_class, READ_BUFFER, READ_CHUNK};
+use crate::transport::inet4;
+use crate::transport::io::{socket_class, socket_family, READ_BUFFER, READ_CHUNK};
 
 /// `sock.recv(n)`, or `None` where that would raise `BlockingIOError` or
 /// `InterruptedError`.
@@ -88,6 +90,56 @@ pub fn _sock_send_now<'py>(
         }
     }
     none_if_not_ready(py, sock.call_method1(intern!(py, "send"), (data,)))
+}
+
+/// `sock.connect(address)`: True once connected, False while the connection goes on in
+/// the background (where `sock.connect` raises `BlockingIOError` or `InterruptedError`,
+/// as for every TCP connection started on a non-blocking socket: building that exception
+/// cost more than the rest of `loop.sock_connect`'s first step). A plain non-blocking
+/// AF_INET `socket.socket` with a `(dotted quad, port)` address connects here, after the
+/// same audit event; anything else goes to `sock.connect`.
+#[pyfunction]
+pub fn _sock_connect_now(sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
+    if let Some(fd) = plain_nonblocking_fd(sock)? {
+        if let (libc::AF_INET, Some((ip, port))) =
+            (socket_family(sock)?, inet4::plain_address(address))
+        {
+            inet4::audit(sock, c"socket.connect", address)?;
+            let target = inet4::sockaddr(ip, port);
+            // SAFETY: `target` is a sockaddr_in of the size given.
+            let rc = unsafe {
+                libc::connect(
+                    fd,
+                    (&raw const target).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                return Ok(true);
+            }
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EINPROGRESS | libc::EAGAIN) => Ok(false),
+                Some(libc::EINTR) => {
+                    // As the socket module does: a signal handler may raise first.
+                    py.check_signals()?;
+                    Ok(false)
+                }
+                _ => Err(os_error(py, err)),
+            };
+        }
+    }
+    match sock.call_method1(intern!(py, "connect"), (address,)) {
+        Ok(_) => Ok(true),
+        Err(err)
+            if err.is_instance_of::<PyBlockingIOError>(py)
+                || err.is_instance_of::<PyInterruptedError>(py) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// The fd of `sock` if it is a plain `socket.socket` in non-blocking mode (timeout 0).

@@ -6,7 +6,7 @@ import socket
 import ssl
 
 import pytest
-from net_support import assert_bytes, payload, raw_tcp_pair, run
+from net_support import assert_bytes, loop_name, payload, raw_tcp_pair, run
 
 
 @pytest.fixture
@@ -186,6 +186,68 @@ def test_sock_connect_refused(assert_same_error):
 
         exc = assert_same_error(action)
     assert isinstance(exc, ConnectionRefusedError)
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 1 << 40])
+def test_sock_connect_to_a_port_out_of_range_raises_as_the_stdlib_does(assert_same_error, port):
+    def action(lp):
+        with socket.socket() as client:
+            client.setblocking(False)
+            lp.run_until_complete(lp.sock_connect(client, ("127.0.0.1", port)))
+
+    assert_same_error(action)
+
+
+def test_sock_connect_uses_a_socket_subclass_connect(loop, listener):
+    calls = []
+
+    class Recording(socket.socket):
+        def connect(self, address):
+            calls.append(address)
+            return super().connect(address)
+
+    async def main():
+        with Recording() as client:
+            client.setblocking(False)
+            await loop.sock_connect(client, listener.getsockname())
+            conn, address = await loop.sock_accept(listener)
+            assert address == client.getsockname()
+            conn.close()
+
+    run(loop, main())
+    assert calls == [listener.getsockname()]
+
+
+AUDITED_CONNECTS = """
+import asyncio, socket, sys
+events = []
+sys.addaudithook(lambda event, args: event == "socket.connect" and events.append(args[1]))
+{setup}
+async def main():
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, listener.getsockname())
+        client.close()
+        print(events == [listener.getsockname()])
+{run}
+"""
+
+
+def test_sock_connect_raises_the_socket_connect_audit_event(loop):
+    import subprocess
+    import sys
+
+    if loop_name(loop) == "asyncio":
+        setup, run_main = "", "asyncio.run(main())"
+    else:
+        setup, run_main = "import ferroloop", "ferroloop.run(main())"
+    script = AUDITED_CONNECTS.format(setup=setup, run=run_main)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "True"
 
 
 def test_sock_recv_after_peer_reset(loop, tcp_pair):

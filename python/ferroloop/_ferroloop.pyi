@@ -20,6 +20,7 @@ __all__ = [
     "TimerHandle",
     "_init_socket_transport",
     "_install_stream_transport_methods",
+    "_sock_connect_now",
     "_sock_recv_now",
     "_sock_send_now",
 ]
@@ -271,6 +272,10 @@ def _init_socket_transport(
     """``SocketTransport.__init__``'s work after the plain attributes; returns the fd."""
 
 def _install_stream_transport_methods(cls: type) -> None: ...
+def _sock_connect_now(sock: socket.socket, address: Any) -> bool:
+    """``sock.connect(address)``: True once connected, False while it goes on (where that
+    raises BlockingIOError/InterruptedError)."""
+
 def _sock_recv_now(sock: socket.socket, n: int) -> bytes | None:
     """``sock.recv(n)``, or None where that would raise BlockingIOError/InterruptedError."""
 

@@ -30,7 +30,7 @@ import weakref
 from asyncio import constants, exceptions
 from typing import Any
 
-from ._ferroloop import _sock_recv_now, _sock_send_now
+from ._ferroloop import _sock_connect_now, _sock_recv_now, _sock_send_now
 
 try:
     import ssl
@@ -327,13 +327,11 @@ class SockMixin:
                 address, family=sock.family, type=sock.type, proto=sock.proto
             )
             address = resolved[0][4]
-        try:
-            sock.connect(address)
+        # sock.connect(address), False where that raises BlockingIOError (EINPROGRESS) or
+        # InterruptedError: the connection goes on in the background, and the socket turns
+        # writable when it has succeeded or failed. See src/sock.rs.
+        if _sock_connect_now(sock, address):
             return
-        except _NOT_READY:
-            # In progress (EINPROGRESS, or EINTR: the connection goes on in the
-            # background): the socket turns writable when it has succeeded or failed.
-            pass
         err = await self._sock_retry(
             self._sock_writable, sock, "getsockopt", socket.SOL_SOCKET, socket.SO_ERROR
         )

@@ -7,7 +7,7 @@
 //! same tuple again and again, and a server's connections share its address, so the last
 //! address converted is remembered.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, CStr};
 use std::mem::size_of;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
@@ -193,6 +193,19 @@ fn destination(addr: &Bound<'_, PyAny>, cache: &mut PeerCache) -> Option<(Ipv4Ad
             return Some((peer.ip, peer.port));
         }
     }
+    let (ip, port) = plain_address(addr)?;
+    cache.sent = Some(Peer {
+        ip,
+        port,
+        tuple: addr.clone().unbind(),
+    });
+    Some((ip, port))
+}
+
+/// The IPv4 address `addr` names when it is a plain `(str, int)` that the socket module
+/// would take as this very address (a dotted-quad host, a port in range); None for
+/// anything else, which the socket object parses (or rejects).
+pub fn plain_address(addr: &Bound<'_, PyAny>) -> Option<(Ipv4Addr, u16)> {
     let tuple = addr.cast_exact::<PyTuple>().ok()?;
     if tuple.len() != 2 {
         return None;
@@ -207,12 +220,31 @@ fn destination(addr: &Bound<'_, PyAny>, cache: &mut PeerCache) -> Option<(Ipv4Ad
         .parse()
         .ok()?;
     let port: u16 = port.cast_exact::<PyInt>().ok()?.extract().ok()?;
-    cache.sent = Some(Peer {
-        ip,
-        port,
-        tuple: addr.clone().unbind(),
-    });
     Some((ip, port))
+}
+
+/// Raises the audit event the socket method `event` raises with `(sock, addr)`
+/// (`socket.sendto`, `socket.connect`).
+pub fn audit(sock: &Bound<'_, PyAny>, event: &CStr, addr: &Bound<'_, PyAny>) -> PyResult<()> {
+    // SAFETY: attached; the format names two object arguments, both live references.
+    let audited =
+        unsafe { PySys_Audit(event.as_ptr(), c"OO".as_ptr(), sock.as_ptr(), addr.as_ptr()) };
+    if audited < 0 {
+        return Err(PyErr::fetch(sock.py()));
+    }
+    Ok(())
+}
+
+/// The `sockaddr_in` of `ip:port`.
+pub fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    }
 }
 
 /// `sock.sendto(data, addr)`, or None when `addr` is for the socket object to parse.
@@ -227,26 +259,8 @@ pub fn sendto(
     let Some((ip, port)) = destination(addr, cache) else {
         return Ok(None);
     };
-    // SAFETY: attached; the format names two object arguments, both live references.
-    let audited = unsafe {
-        PySys_Audit(
-            c"socket.sendto".as_ptr(),
-            c"OO".as_ptr(),
-            sock.as_ptr(),
-            addr.as_ptr(),
-        )
-    };
-    if audited < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let target = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
-        sin_zero: [0; 8],
-    };
+    audit(sock, c"socket.sendto", addr)?;
+    let target = sockaddr(ip, port);
     // SAFETY: `data` is readable for its length and `target` is a sockaddr_in of the size
     // given.
     let sent = retry_interrupted(|| unsafe {
