@@ -6,7 +6,14 @@ import socket
 import ssl
 
 import pytest
-from net_support import assert_bytes, loop_name, payload, raw_tcp_pair, run
+from net_support import (
+    assert_bytes,
+    ipv6_loopback_available,
+    loop_name,
+    payload,
+    raw_tcp_pair,
+    run,
+)
 
 
 @pytest.fixture
@@ -142,6 +149,69 @@ def test_sock_connect_and_accept(loop, listener):
         client.close()
 
     run(loop, main())
+
+
+class AcceptingSocket(socket.socket):
+    """A listener subclass: its own accept() is the one to call."""
+
+    accepted = 0
+
+    def accept(self):
+        AcceptingSocket.accepted += 1
+        return super().accept()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "tcp6", "unix", "subclass", "with a timeout"])
+def test_sock_accept_of_every_listener_kind(loop, tmp_path, kind):
+    """The accepted socket is non-blocking and its address is the client's own name, for
+    each kind of listener; a connection queued before the call and one that comes while it
+    waits."""
+    if kind == "tcp6" and not ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback")
+    family = {"tcp6": socket.AF_INET6, "unix": socket.AF_UNIX}.get(kind, socket.AF_INET)
+    make = AcceptingSocket if kind == "subclass" else socket.socket
+    listener = make(family, socket.SOCK_STREAM)
+    address = {
+        socket.AF_INET: ("127.0.0.1", 0),
+        socket.AF_INET6: ("::1", 0),
+        socket.AF_UNIX: str(tmp_path / "l.sock"),
+    }[family]
+    listener.bind(address)
+    listener.listen()
+    if kind == "with a timeout":
+        listener.settimeout(5.0)  # no debug mode: the loop accepts what is there
+    else:
+        listener.setblocking(False)
+    AcceptingSocket.accepted = 0
+
+    async def main():
+        results = []
+        # A listener with a timeout blocks in accept() on the stdlib loop: only a
+        # connection already queued is for it.
+        for waits in (False,) if kind == "with a timeout" else (False, True):
+            client = socket.socket(family, socket.SOCK_STREAM)
+            if not waits:
+                client.connect(listener.getsockname())
+                conn, peer = await loop.sock_accept(listener)
+            else:
+                accepting = loop.create_task(loop.sock_accept(listener))
+                await iterations()
+                client.connect(listener.getsockname())
+                conn, peer = await accepting
+            client.sendall(b"hi")
+            results.append((peer, client.getsockname(), conn.gettimeout(), conn.recv(2)))
+            conn.close()
+            client.close()
+        return results
+
+    with listener:
+        results = run(loop, main())
+    for peer, client_name, timeout, data in results:
+        assert peer == client_name
+        assert timeout == 0
+        assert data == b"hi"
+    if kind == "subclass":
+        assert AcceptingSocket.accepted >= 2
 
 
 def test_sock_connect_resolves_names(loop, listener):

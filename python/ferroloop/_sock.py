@@ -31,6 +31,7 @@ from asyncio import constants, exceptions
 from typing import Any
 
 from ._ferroloop import _sock_connect_now, _sock_recv_now, _sock_send_now
+from ._transport import fast_accept
 
 try:
     import ssl
@@ -345,6 +346,18 @@ class SockMixin:
             raise TypeError(_SSL_REJECTED)
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError(_MUST_BE_NONBLOCKING)
+        if type(sock) is socket.socket and sock.gettimeout() == 0:
+            accept, nonblocking = fast_accept(sock)
+            if nonblocking:
+                # The Rust acceptor: None when no connection is waiting (no BlockingIOError
+                # to catch), and sockets that are non-blocking already (no ioctl).
+                accepted = accept()
+                if accepted is None:
+                    fd = self._sock_fd(sock)
+                    while accepted is None:
+                        await self._sock_readable.ready(fd, sock)
+                        accepted = accept()
+                return accepted
         try:
             conn, address = sock.accept()
         except _NOT_READY:
