@@ -120,7 +120,8 @@ pub fn _sock_connect_now(sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) ->
             }
             let err = std::io::Error::last_os_error();
             return match err.raw_os_error() {
-                Some(libc::EINPROGRESS | libc::EAGAIN) => Ok(false),
+                // The errnos the socket module raises as BlockingIOError.
+                Some(libc::EINPROGRESS | libc::EALREADY | libc::EAGAIN) => Ok(false),
                 Some(libc::EINTR) => {
                     // As the socket module does: a signal handler may raise first.
                     py.check_signals()?;
