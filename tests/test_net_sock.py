@@ -2,6 +2,7 @@
 
 import array
 import asyncio
+import errno
 import socket
 import ssl
 
@@ -286,6 +287,41 @@ def test_sock_connect_uses_a_socket_subclass_connect(loop, listener):
 
     run(loop, main())
     assert calls == [listener.getsockname()]
+
+
+def test_sock_connect_first_step_answers_as_socket_connect_raises():
+    """ferroloop's first ``connect`` (src/sock.rs): False where ``socket.connect`` raises
+    BlockingIOError (EINPROGRESS, and EALREADY for a connect already under way), True once
+    connected, and the socket module's own exception otherwise."""
+    from ferroloop._ferroloop import _sock_connect_now
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # one connection queued; the others' handshakes stay pending
+        address = listener.getsockname()
+        accepted = socket.socket()
+        accepted.connect(address)
+        pending, reference = socket.socket(), socket.socket()
+        for sock in (pending, reference):
+            sock.setblocking(False)
+        try:
+            assert _sock_connect_now(pending, address) is False  # EINPROGRESS
+            with pytest.raises(BlockingIOError):
+                reference.connect(address)
+            assert _sock_connect_now(pending, address) is False  # EALREADY
+            with pytest.raises(BlockingIOError) as raised:
+                reference.connect(address)
+            assert raised.value.errno == errno.EALREADY
+            accepted.setblocking(False)
+            with pytest.raises(OSError) as ours:
+                _sock_connect_now(accepted, address)  # EISCONN
+            with pytest.raises(OSError) as theirs:
+                accepted.connect(address)
+            assert type(ours.value) is type(theirs.value)
+            assert str(ours.value) == str(theirs.value)
+        finally:
+            for sock in (accepted, pending, reference):
+                sock.close()
 
 
 AUDITED_CONNECTS = """
