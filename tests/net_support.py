@@ -269,6 +269,27 @@ class TLS:
         return ctx
 
 
+def loop_script(template, loop):
+    """``template`` with ``{setup}`` and ``{run}`` filled in so that, in a fresh interpreter,
+    it runs its ``main()`` on a loop of the kind of ``loop``."""
+    if loop_name(loop) == "asyncio":
+        return template.format(setup="", run="asyncio.run(main())")
+    return template.format(setup="import ferroloop", run="ferroloop.run(main())")
+
+
+def peername_on_accept(loop):
+    """A protocol class, and a future it sets to the "peername" of the first connection
+    made with it (which it then closes)."""
+    accepted = loop.create_future()
+
+    class Accepting(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.set_result(transport.get_extra_info("peername"))
+            transport.close()
+
+    return Accepting, accepted
+
+
 def run_script(source, *args, timeout=30):
     """Run Python `source` in a fresh interpreter and return its stdout; fail on a bad exit."""
     proc = subprocess.run(

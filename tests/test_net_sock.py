@@ -10,10 +10,11 @@ import pytest
 from net_support import (
     assert_bytes,
     ipv6_loopback_available,
-    loop_name,
+    loop_script,
     payload,
     raw_tcp_pair,
     run,
+    run_script,
 )
 
 
@@ -342,18 +343,8 @@ async def main():
 
 
 def test_sock_connect_raises_the_socket_connect_audit_event(loop):
-    import subprocess
-    import sys
-
-    if loop_name(loop) == "asyncio":
-        setup, run_main = "", "asyncio.run(main())"
-    else:
-        setup, run_main = "import ferroloop", "ferroloop.run(main())"
-    script = AUDITED_CONNECTS.format(setup=setup, run=run_main)
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.strip() == "True"
+    out = run_script(loop_script(AUDITED_CONNECTS, loop), timeout=60)
+    assert out.strip() == "True"
 
 
 def test_sock_recv_after_peer_reset(loop, tcp_pair):

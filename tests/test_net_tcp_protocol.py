@@ -16,6 +16,7 @@ from net_support import (
     ipv6_loopback_available,
     loop_name,
     payload,
+    peername_on_accept,
     raw_tcp_pair,
     run,
     tcp_connection,
@@ -194,13 +195,7 @@ def test_server_side_peername_over_ipv6(loop):
     ``(host, port, flowinfo, scope_id)``, as ``socket.accept()`` gives it."""
 
     async def main():
-        accepted = loop.create_future()
-
-        class Accepting(asyncio.Protocol):
-            def connection_made(self, transport):
-                accepted.set_result(transport.get_extra_info("peername"))
-                transport.close()
-
+        Accepting, accepted = peername_on_accept(loop)
         server = await loop.create_server(Accepting, "::1", 0)
         client = socket.create_connection(server.sockets[0].getsockname()[:2])
         peername = await asyncio.wait_for(accepted, 5)

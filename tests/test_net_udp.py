@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from net_support import ipv6_loopback_available, loop_name, open_fds, run
+from net_support import ipv6_loopback_available, loop_name, loop_script, open_fds, run, run_script
 
 needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
 needs_reuse_port = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT")
@@ -299,18 +299,9 @@ async def main():
 
 
 def test_sendto_raises_the_socket_sendto_audit_event(loop):
-    import subprocess
-
-    if loop_name(loop) == "asyncio":
-        setup, run_main = "", "asyncio.run(main())"
-    else:
-        setup, run_main = "import ferroloop", "ferroloop.run(main())"
-    script = AUDITED_SENDS.format(setup=setup, run=run_main)
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
+    out = run_script(loop_script(AUDITED_SENDS, loop), timeout=60)
     # The client's own send, the echo, the send to a new tuple.
-    assert out.stdout.strip() == "[False, True, True]"
+    assert out.strip() == "[False, True, True]"
 
 
 def test_empty_datagram_is_received(loop):

@@ -8,7 +8,7 @@ import stat
 import sys
 
 import pytest
-from net_support import Capturing, Echo, Recorder, assert_bytes, payload, run
+from net_support import Capturing, Echo, Recorder, assert_bytes, payload, peername_on_accept, run
 
 
 async def unix_pair(loop, path, server_protocol=None, client_protocol=None):
@@ -142,13 +142,7 @@ def test_server_side_peername_is_the_clients_name(loop, tmp_path, client_name):
     }[client_name]
 
     async def main():
-        accepted = loop.create_future()
-
-        class Accepting(asyncio.Protocol):
-            def connection_made(self, transport):
-                accepted.set_result(transport.get_extra_info("peername"))
-                transport.close()
-
+        Accepting, accepted = peername_on_accept(loop)
         server = await loop.create_unix_server(Accepting, path)
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if name is not None:
