@@ -22,7 +22,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyMemoryView};
 
 use crate::errors::os_error;
 use crate::transport::inet4;
-use crate::transport::io::{socket_class, socket_family, READ_BUFFER, READ_CHUNK};
+use crate::transport::io::{socket_class, socket_family, socket_type, READ_BUFFER, READ_CHUNK};
 
 /// `sock.recv(n)`, or `None` where that would raise `BlockingIOError` or
 /// `InterruptedError`.
@@ -66,27 +66,8 @@ pub fn _sock_send_now<'py>(
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = sock.py();
     if let Some(fd) = plain_nonblocking_fd(sock)? {
-        let sent = if let Ok(bytes) = data.cast_exact::<PyBytes>() {
-            Some(send(py, fd, bytes.as_bytes())?)
-        } else if data.is_exact_instance_of::<PyByteArray>()
-            || data.is_exact_instance_of::<PyMemoryView>()
-        {
-            let view = PyUntypedBuffer::get(data)?;
-            match view.is_c_contiguous() {
-                // SAFETY: the exported buffer is C-contiguous, `len_bytes()` long, and
-                // stays valid while `view` lives; `send` runs no Python code with it.
-                true => Some(send(py, fd, unsafe {
-                    std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes())
-                })?),
-                false => None,
-            }
-        } else {
-            None
-        };
-        if let Some(sent) = sent {
-            return Ok(sent
-                .map(|n| n.into_pyobject(py).map(Bound::into_any))
-                .transpose()?);
+        if let Some(sent) = with_plain_bytes(data, |bytes| send(py, fd, bytes))? {
+            return count_or_none(py, sent?);
         }
     }
     none_if_not_ready(py, sock.call_method1(intern!(py, "send"), (data,)))
@@ -141,6 +122,149 @@ pub fn _sock_connect_now(sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) ->
         }
         Err(err) => Err(err),
     }
+}
+
+/// `sock.recvfrom(bufsize)`, or `None` where that would raise `BlockingIOError` or
+/// `InterruptedError`. Made here for a plain non-blocking AF_INET datagram socket and a size
+/// in 1..256 KiB (a longer datagram is cut to `bufsize`, as `recvfrom` does).
+#[pyfunction]
+pub fn _sock_recvfrom_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    bufsize: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
+    if let (Some(fd), Ok(size)) = (plain_inet4_datagram_fd(sock)?, bufsize.extract::<isize>()) {
+        if size > 0 && size as usize <= READ_CHUNK {
+            loop {
+                // SAFETY: all-zero is a valid sockaddr_in.
+                let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                let received = READ_BUFFER.with_borrow_mut(|buf| {
+                    // SAFETY: `buf` holds READ_CHUNK >= size writable bytes; `peer` is
+                    // writable for `len` bytes, which the kernel is told.
+                    let n = unsafe {
+                        libc::recvfrom(
+                            fd,
+                            buf.as_mut_ptr().cast(),
+                            size as usize,
+                            0,
+                            (&raw mut peer).cast(),
+                            &mut len,
+                        )
+                    };
+                    match n {
+                        n if n >= 0 => Ok(PyBytes::new(py, &buf[..n as usize])),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+                match received {
+                    Ok(data) => {
+                        let address = match inet4::from_sockaddr(&peer, len) {
+                            Some((ip, port)) => inet4::address(py, ip, port)?,
+                            None => py.None().into_bound(py),
+                        };
+                        let pair = (data, address).into_pyobject(py)?;
+                        return Ok(Some(pair.into_any()));
+                    }
+                    Err(err) => match after_failure(py, err)? {
+                        Retry::Again => continue,
+                        Retry::Later => return Ok(None),
+                    },
+                }
+            }
+        }
+    }
+    none_if_not_ready(py, sock.call_method1(intern!(py, "recvfrom"), (bufsize,)))
+}
+
+/// `sock.sendto(data, address)`, or `None` where that would raise `BlockingIOError` or
+/// `InterruptedError`. Made here, after the same `socket.sendto` audit event, for a plain
+/// non-blocking AF_INET datagram socket, a `(dotted quad, port)` address and a `bytes` or
+/// contiguous `bytearray`/`memoryview`.
+#[pyfunction]
+pub fn _sock_sendto_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    address: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
+    if let (Some(fd), Some((ip, port))) = (
+        plain_inet4_datagram_fd(sock)?,
+        inet4::plain_address(address),
+    ) {
+        let target = inet4::sockaddr(ip, port);
+        let sent = with_plain_bytes(data, |bytes| -> PyResult<Option<usize>> {
+            inet4::audit(sock, c"socket.sendto", address)?;
+            loop {
+                // SAFETY: `bytes` is readable for its length and `target` is a sockaddr_in
+                // of the size given.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        0,
+                        (&raw const target).cast(),
+                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                };
+                if n >= 0 {
+                    return Ok(Some(n as usize));
+                }
+                match after_failure(py, std::io::Error::last_os_error())? {
+                    Retry::Again => continue,
+                    Retry::Later => return Ok(None),
+                }
+            }
+        })?;
+        if let Some(sent) = sent {
+            return count_or_none(py, sent?);
+        }
+    }
+    none_if_not_ready(
+        py,
+        sock.call_method1(intern!(py, "sendto"), (data, address)),
+    )
+}
+
+/// `f` of the bytes of `data` when it is a `bytes`, or a `bytearray` or `memoryview` whose
+/// buffer is C-contiguous; None (without calling `f`) for anything else, which the socket
+/// object's own method takes (or rejects) instead.
+fn with_plain_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<Option<R>> {
+    if let Ok(bytes) = data.cast_exact::<PyBytes>() {
+        return Ok(Some(f(bytes.as_bytes())));
+    }
+    if !(data.is_exact_instance_of::<PyByteArray>() || data.is_exact_instance_of::<PyMemoryView>())
+    {
+        return Ok(None);
+    }
+    let view = PyUntypedBuffer::get(data)?;
+    if !view.is_c_contiguous() {
+        return Ok(None);
+    }
+    // SAFETY: the exported buffer is C-contiguous, `len_bytes()` long, and stays valid
+    // while `view` lives; `f` only makes syscalls with it (an audit hook it may run gets
+    // no access to the slice).
+    let bytes =
+        unsafe { std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes()) };
+    Ok(Some(f(bytes)))
+}
+
+/// A byte count as a Python int, or None.
+fn count_or_none(py: Python<'_>, sent: Option<usize>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    sent.map(|n| n.into_pyobject(py).map(Bound::into_any))
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// The fd of `sock` if it is a plain non-blocking `socket.socket` of AF_INET and
+/// SOCK_DGRAM.
+fn plain_inet4_datagram_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let Some(fd) = plain_nonblocking_fd(sock)? else {
+        return Ok(None);
+    };
+    let datagram = socket_family(sock)? == libc::AF_INET && socket_type(sock)? == libc::SOCK_DGRAM;
+    Ok(datagram.then_some(fd))
 }
 
 /// The fd of `sock` if it is a plain `socket.socket` in non-blocking mode (timeout 0).

@@ -135,6 +135,55 @@ def test_sock_sendto_recvfrom_and_recvfrom_into(loop, udp_pair):
     run(loop, main())
 
 
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "array of ints"])
+def test_sock_sendto_and_recvfrom_of_every_buffer_kind(loop, udp_pair, kind):
+    """What arrives, what ``sock_sendto`` returns and the sender's address, for each kind of
+    data; a ``bufsize`` below the datagram's length cuts it, as ``recvfrom`` does."""
+    a, b = udp_pair
+    raw = bytes(range(48))
+    data = {
+        "bytes": raw,
+        "bytearray": bytearray(raw),
+        "memoryview": memoryview(raw),
+        "array of ints": array.array("i", range(12)),
+    }[kind]
+    expected = bytes(memoryview(data).cast("B"))
+
+    async def main():
+        sent = await loop.sock_sendto(a, data, b.getsockname())
+        whole = await loop.sock_recvfrom(b, 1024)
+        await loop.sock_sendto(a, data, b.getsockname())
+        cut = await loop.sock_recvfrom(b, 5)
+        return sent, whole, cut
+
+    sent, whole, cut = run(loop, main())
+    assert sent == len(expected)
+    assert whole == (expected, a.getsockname())
+    assert cut == (expected[:5], a.getsockname())
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        ("recvfrom", -1),
+        ("sendto", b"x", ["127.0.0.1", 9]),
+        ("sendto", b"x", ("127.0.0.1", 70000)),
+        ("sendto", "text", ("127.0.0.1", 9)),
+        ("sendto", memoryview(b"abcd")[::2], ("127.0.0.1", 9)),
+        ("sendto", b"x", ("not an address at all", 9)),
+    ],
+)
+def test_sock_sendto_and_recvfrom_bad_arguments_raise_as_the_stdlib_does(assert_same_error, call):
+    def action(lp):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            method, *args = call
+            lp.run_until_complete(getattr(lp, "sock_" + method)(sock, *args))
+
+    assert_same_error(action)
+
+
 def test_sock_connect_and_accept(loop, listener):
     async def main():
         acceptor = loop.create_task(loop.sock_accept(listener))
@@ -325,26 +374,34 @@ def test_sock_connect_first_step_answers_as_socket_connect_raises():
                 sock.close()
 
 
-AUDITED_CONNECTS = """
+AUDITED_SOCK_CALLS = """
 import asyncio, socket, sys
 events = []
-sys.addaudithook(lambda event, args: event == "socket.connect" and events.append(args[1]))
+watched = ("socket.connect", "socket.sendto")
+sys.addaudithook(lambda event, args: event in watched and events.append((event, args[1])))
 {setup}
 async def main():
     loop = asyncio.get_running_loop()
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.socket()
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client, \\
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \\
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
         client.setblocking(False)
         await loop.sock_connect(client, listener.getsockname())
-        client.close()
-        print(events == [listener.getsockname()])
+        b.bind(("127.0.0.1", 0))
+        a.setblocking(False)
+        await loop.sock_sendto(a, b"ping", b.getsockname())
+        expected = [
+            ("socket.connect", listener.getsockname()),
+            ("socket.sendto", b.getsockname()),
+        ]
+        print(events == expected, b.recv(10))
 {run}
 """
 
 
-def test_sock_connect_raises_the_socket_connect_audit_event(loop):
-    out = run_script(loop_script(AUDITED_CONNECTS, loop), timeout=60)
-    assert out.strip() == "True"
+def test_sock_connect_and_sendto_raise_the_socket_modules_audit_events(loop):
+    out = run_script(loop_script(AUDITED_SOCK_CALLS, loop), timeout=60)
+    assert out.strip() == "True b'ping'"
 
 
 def test_sock_recv_after_peer_reset(loop, tcp_pair):

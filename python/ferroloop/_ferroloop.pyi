@@ -22,7 +22,9 @@ __all__ = [
     "_install_stream_transport_methods",
     "_sock_connect_now",
     "_sock_recv_now",
+    "_sock_recvfrom_now",
     "_sock_send_now",
+    "_sock_sendto_now",
 ]
 
 _T = TypeVar("_T")
@@ -278,6 +280,14 @@ def _sock_connect_now(sock: socket.socket, address: Any) -> bool:
 
 def _sock_recv_now(sock: socket.socket, n: int) -> bytes | None:
     """``sock.recv(n)``, or None where that would raise BlockingIOError/InterruptedError."""
+
+def _sock_recvfrom_now(sock: socket.socket, bufsize: int) -> tuple[bytes, Any] | None:
+    """``sock.recvfrom(bufsize)``, or None where that would raise
+    BlockingIOError/InterruptedError."""
+
+def _sock_sendto_now(sock: socket.socket, data: Any, address: Any) -> int | None:
+    """``sock.sendto(data, address)``, or None where that would raise
+    BlockingIOError/InterruptedError."""
 
 def _sock_send_now(sock: socket.socket, data: Any) -> int | None:
     """``sock.send(data)``, or None where that would raise BlockingIOError/InterruptedError."""

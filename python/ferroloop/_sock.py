@@ -28,9 +28,16 @@ import socket
 import sys
 import weakref
 from asyncio import constants, exceptions
+from collections.abc import Callable
 from typing import Any
 
-from ._ferroloop import _sock_connect_now, _sock_recv_now, _sock_send_now
+from ._ferroloop import (
+    _sock_connect_now,
+    _sock_recv_now,
+    _sock_recvfrom_now,
+    _sock_send_now,
+    _sock_sendto_now,
+)
 from ._transport import fast_accept
 
 try:
@@ -192,6 +199,19 @@ class SockMixin:
             except _NOT_READY:
                 pass
 
+    async def _sock_when_ready(
+        self, waits: _OneShotWaits, sock: Any, call: Callable[..., Any], *args: Any
+    ) -> Any:
+        """``call(*args)`` each time ``sock`` turns ready, until it gives something other
+        than None, its "not ready" (the first attempt, before any wait, stays in the
+        caller). ``sock_recv``, the hottest, keeps this loop inline instead."""
+        fd = self._sock_fd(sock)
+        while True:
+            await waits.ready(fd, sock)
+            result = call(*args)
+            if result is not None:
+                return result
+
     def _sock_fd(self, sock: Any) -> int:
         """``sock``'s fd, refused if a live transport owns it (checked before waiting)."""
         fd = sock.fileno()
@@ -237,11 +257,13 @@ class SockMixin:
             raise TypeError(_SSL_REJECTED)
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError(_MUST_BE_NONBLOCKING)
-        try:
-            return sock.recvfrom(bufsize)
-        except _NOT_READY:
-            pass
-        return await self._sock_retry(self._sock_readable, sock, "recvfrom", bufsize)
+        # sock.recvfrom(bufsize), None when not ready: see src/sock.rs.
+        received = _sock_recvfrom_now(sock, bufsize)
+        if received is None:
+            received = await self._sock_when_ready(
+                self._sock_readable, sock, _sock_recvfrom_now, sock, bufsize
+            )
+        return received
 
     async def sock_recvfrom_into(self, sock: Any, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram into ``buf`` (at most ``nbytes``, default ``len(buf)``);
@@ -289,11 +311,13 @@ class SockMixin:
             raise TypeError(_SSL_REJECTED)
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError(_MUST_BE_NONBLOCKING)
-        try:
-            return sock.sendto(data, address)
-        except _NOT_READY:
-            pass
-        return await self._sock_retry(self._sock_writable, sock, "sendto", data, address)
+        # sock.sendto(data, address), None when not ready: see src/sock.rs.
+        sent = _sock_sendto_now(sock, data, address)
+        if sent is None:
+            sent = await self._sock_when_ready(
+                self._sock_writable, sock, _sock_sendto_now, sock, data, address
+            )
+        return sent
 
     # ---- connecting and accepting ---------------------------------------------------
 
@@ -353,10 +377,7 @@ class SockMixin:
                 # to catch), and sockets that are non-blocking already (no ioctl).
                 accepted = accept()
                 if accepted is None:
-                    fd = self._sock_fd(sock)
-                    while accepted is None:
-                        await self._sock_readable.ready(fd, sock)
-                        accepted = accept()
+                    accepted = await self._sock_when_ready(self._sock_readable, sock, accept)
                 return accepted
         try:
             conn, address = sock.accept()
