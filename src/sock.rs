@@ -16,6 +16,7 @@ use std::os::fd::RawFd;
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyMemoryView};
@@ -175,6 +176,78 @@ pub fn _sock_recvfrom_now<'py>(
         }
     }
     none_if_not_ready(py, sock.call_method1(intern!(py, "recvfrom"), (bufsize,)))
+}
+
+/// `sock.recv_into(buf)`, or `None` where that would raise `BlockingIOError` or
+/// `InterruptedError`. Made here for a plain non-blocking socket and a non-empty `bytearray`
+/// or `memoryview` that exports a writable C-contiguous buffer.
+#[pyfunction]
+pub fn _sock_recv_into_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    buf: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
+    if let Some(fd) = plain_nonblocking_fd(sock)? {
+        if let Some(target) = WritableBuffer::of(buf) {
+            loop {
+                // SAFETY: `target` holds a writable buffer of `len` bytes, exported for us
+                // until it is dropped; `recv` runs no Python code.
+                let n = unsafe { libc::recv(fd, target.ptr(), target.len(), 0) };
+                if n >= 0 {
+                    return count_or_none(py, Some(n as usize));
+                }
+                match after_failure(py, std::io::Error::last_os_error())? {
+                    Retry::Again => continue,
+                    Retry::Later => return Ok(None),
+                }
+            }
+        }
+    }
+    none_if_not_ready(py, sock.call_method1(intern!(py, "recv_into"), (buf,)))
+}
+
+/// A writable, C-contiguous, non-empty buffer exported by a `bytearray` or `memoryview`
+/// (asked for with `PyBUF_WRITABLE`, which pyo3's buffer type does not request), released
+/// on drop.
+struct WritableBuffer(Box<ffi::Py_buffer>);
+
+impl WritableBuffer {
+    /// The buffer of `obj`, or None for any other object or a buffer that is read-only,
+    /// not C-contiguous or empty: the socket's own method takes (or rejects) those.
+    fn of(obj: &Bound<'_, PyAny>) -> Option<Self> {
+        if !(obj.is_exact_instance_of::<PyByteArray>()
+            || obj.is_exact_instance_of::<PyMemoryView>())
+        {
+            return None;
+        }
+        // SAFETY: all-zero is a valid Py_buffer to be filled.
+        let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: attached; `obj` is live and `view` is writable. On failure the exception
+        // is cleared: the socket's method then raises its own for the same object.
+        let flags = ffi::PyBUF_WRITABLE | ffi::PyBUF_C_CONTIGUOUS;
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, flags) } != 0 {
+            unsafe { ffi::PyErr_Clear() };
+            return None;
+        }
+        let exported = Self(view);
+        (exported.len() > 0).then_some(exported)
+    }
+
+    fn ptr(&self) -> *mut libc::c_void {
+        self.0.buf
+    }
+
+    fn len(&self) -> usize {
+        self.0.len as usize
+    }
+}
+
+impl Drop for WritableBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the buffer was exported by a successful PyObject_GetBuffer and is
+        // released once; buffers are only held by functions that run attached.
+        unsafe { ffi::PyBuffer_Release(&mut *self.0) };
+    }
 }
 
 /// `sock.sendto(data, address)`, or `None` where that would raise `BlockingIOError` or

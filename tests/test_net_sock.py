@@ -115,6 +115,34 @@ def test_sock_recv_into(loop, tcp_pair):
     run(loop, main())
 
 
+@pytest.mark.parametrize("kind", ["bytearray", "slice of a bytearray", "array of ints"])
+def test_sock_recv_into_every_writable_buffer_kind(loop, tcp_pair, kind):
+    """What ``sock_recv_into`` writes and returns (a count of bytes, whatever the item size),
+    data already there and data that comes while it waits."""
+    a, b = tcp_pair
+    backing = bytearray(24)
+    target = {
+        "bytearray": backing,
+        "slice of a bytearray": memoryview(backing)[4:20],
+        "array of ints": array.array("i", bytes(24)),
+    }[kind]
+    size = memoryview(target).nbytes
+
+    async def main():
+        a.send(bytes(range(1, size + 1)))
+        first = await loop.sock_recv_into(b, target)
+        got_first = bytes(memoryview(target).cast("B"))[:first]
+        waiting = loop.create_task(loop.sock_recv_into(b, target))
+        await iterations()
+        a.send(b"later")
+        second = await waiting
+        return first, got_first, second, bytes(memoryview(target).cast("B"))[:second]
+
+    first, got_first, second, got_second = run(loop, main())
+    assert (first, got_first) == (size, bytes(range(1, size + 1)))
+    assert (second, got_second) == (5, b"later")
+
+
 def test_sock_sendto_recvfrom_and_recvfrom_into(loop, udp_pair):
     a, b = udp_pair
 
@@ -701,19 +729,41 @@ def test_cancelled_sock_sendfile_stops_sending(loop, tcp_pair, tmp_path):
     assert_bytes(received, data[:sent] + b"<tail>")
 
 
-# ferroloop makes sock_recv's and sock_sendall's socket calls itself for a plain
+# ferroloop makes sock_recv's, sock_recv_into's and sock_sendall's socket calls itself for a plain
 # non-blocking socket.socket (src/sock.rs); everything else goes to the socket's methods.
 # Either way the results and errors are the socket methods' own.
 
 
-@pytest.mark.parametrize("size", [-1, 1.5, "4", 2**70], ids=["negative", "float", "str", "huge"])
-def test_sock_recv_bad_sizes_raise_as_the_socket_does(assert_same_error, size):
+@pytest.mark.parametrize(
+    ("method", "arg"),
+    [
+        ("sock_recv", -1),
+        ("sock_recv", 1.5),
+        ("sock_recv", "4"),
+        ("sock_recv", 2**70),
+        ("sock_recv_into", b"read-only"),
+        ("sock_recv_into", memoryview(b"read-only")),
+        ("sock_recv_into", memoryview(bytearray(8))[::2]),
+        ("sock_recv_into", "text"),
+    ],
+    ids=[
+        "negative size",
+        "float size",
+        "str size",
+        "huge size",
+        "into bytes",
+        "into a memoryview of bytes",
+        "into a strided memoryview",
+        "into a str",
+    ],
+)
+def test_sock_recv_bad_arguments_raise_as_the_socket_does(assert_same_error, method, arg):
     def action(lp):
         a, b = raw_tcp_pair()
         with a, b:
             a.setblocking(False)
             b.sendall(b"data")
-            lp.run_until_complete(lp.sock_recv(a, size))
+            lp.run_until_complete(getattr(lp, method)(a, arg))
 
     assert_same_error(action)
 

@@ -21,6 +21,7 @@ __all__ = [
     "_init_socket_transport",
     "_install_stream_transport_methods",
     "_sock_connect_now",
+    "_sock_recv_into_now",
     "_sock_recv_now",
     "_sock_recvfrom_now",
     "_sock_send_now",
@@ -280,6 +281,10 @@ def _sock_connect_now(sock: socket.socket, address: Any) -> bool:
 
 def _sock_recv_now(sock: socket.socket, n: int) -> bytes | None:
     """``sock.recv(n)``, or None where that would raise BlockingIOError/InterruptedError."""
+
+def _sock_recv_into_now(sock: socket.socket, buf: Any) -> int | None:
+    """``sock.recv_into(buf)``, or None where that would raise
+    BlockingIOError/InterruptedError."""
 
 def _sock_recvfrom_now(sock: socket.socket, bufsize: int) -> tuple[bytes, Any] | None:
     """``sock.recvfrom(bufsize)``, or None where that would raise

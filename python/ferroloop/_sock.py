@@ -33,6 +33,7 @@ from typing import Any
 
 from ._ferroloop import (
     _sock_connect_now,
+    _sock_recv_into_now,
     _sock_recv_now,
     _sock_recvfrom_now,
     _sock_send_now,
@@ -245,11 +246,13 @@ class SockMixin:
             raise TypeError(_SSL_REJECTED)
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError(_MUST_BE_NONBLOCKING)
-        try:
-            return sock.recv_into(buf)
-        except _NOT_READY:
-            pass
-        return await self._sock_retry(self._sock_readable, sock, "recv_into", buf)
+        # sock.recv_into(buf), None when not ready: see src/sock.rs.
+        received = _sock_recv_into_now(sock, buf)
+        if received is None:
+            received = await self._sock_when_ready(
+                self._sock_readable, sock, _sock_recv_into_now, sock, buf
+            )
+        return received
 
     async def sock_recvfrom(self, sock: Any, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to ``bufsize`` bytes; return ``(data, address)``."""
