@@ -37,6 +37,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sock::_sock_connect_now, m)?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_recv_into_now, m)?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_recvfrom_now, m)?)?;
+    m.add_function(wrap_pyfunction!(sock::_sock_recvfrom_into_now, m)?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_sendto_now, m)?)?;
     Ok(())
 }

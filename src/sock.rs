@@ -206,6 +206,56 @@ pub fn _sock_recv_into_now<'py>(
     none_if_not_ready(py, sock.call_method1(intern!(py, "recv_into"), (buf,)))
 }
 
+/// `sock.recvfrom_into(buf, nbytes)`, or `None` where that would raise `BlockingIOError`
+/// or `InterruptedError`. Made here for a plain non-blocking AF_INET datagram socket, a
+/// buffer as `recv_into` takes it and `nbytes` in 1..=its length in bytes.
+#[pyfunction]
+pub fn _sock_recvfrom_into_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    buf: &Bound<'py, PyAny>,
+    nbytes: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
+    if let (Some(fd), Ok(size)) = (plain_inet4_datagram_fd(sock)?, nbytes.extract::<isize>()) {
+        if let Some(target) =
+            WritableBuffer::of(buf).filter(|b| size > 0 && size as usize <= b.len())
+        {
+            loop {
+                // SAFETY: all-zero is a valid sockaddr_in.
+                let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                // SAFETY: `target` holds a writable buffer of at least `size` bytes, exported
+                // for us until it is dropped; `peer` is writable for `len` bytes.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd,
+                        target.ptr(),
+                        size as usize,
+                        0,
+                        (&raw mut peer).cast(),
+                        &mut len,
+                    )
+                };
+                if n >= 0 {
+                    let address = match inet4::from_sockaddr(&peer, len) {
+                        Some((ip, port)) => inet4::address(py, ip, port)?,
+                        None => py.None().into_bound(py),
+                    };
+                    return Ok(Some((n as usize, address).into_pyobject(py)?.into_any()));
+                }
+                match after_failure(py, std::io::Error::last_os_error())? {
+                    Retry::Again => continue,
+                    Retry::Later => return Ok(None),
+                }
+            }
+        }
+    }
+    none_if_not_ready(
+        py,
+        sock.call_method1(intern!(py, "recvfrom_into"), (buf, nbytes)),
+    )
+}
+
 /// A writable, C-contiguous, non-empty buffer exported by a `bytearray` or `memoryview`
 /// (asked for with `PyBUF_WRITABLE`, which pyo3's buffer type does not request), released
 /// on drop.

@@ -115,17 +115,22 @@ def test_sock_recv_into(loop, tcp_pair):
     run(loop, main())
 
 
+def writable_buffer(kind):
+    """A zeroed writable buffer of the kind named (over 24 bytes of storage)."""
+    backing = bytearray(24)
+    return {
+        "bytearray": backing,
+        "slice of a bytearray": memoryview(backing)[4:20],
+        "array of ints": array.array("i", bytes(24)),
+    }[kind]
+
+
 @pytest.mark.parametrize("kind", ["bytearray", "slice of a bytearray", "array of ints"])
 def test_sock_recv_into_every_writable_buffer_kind(loop, tcp_pair, kind):
     """What ``sock_recv_into`` writes and returns (a count of bytes, whatever the item size),
     data already there and data that comes while it waits."""
     a, b = tcp_pair
-    backing = bytearray(24)
-    target = {
-        "bytearray": backing,
-        "slice of a bytearray": memoryview(backing)[4:20],
-        "array of ints": array.array("i", bytes(24)),
-    }[kind]
+    target = writable_buffer(kind)
     size = memoryview(target).nbytes
 
     async def main():
@@ -141,6 +146,35 @@ def test_sock_recv_into_every_writable_buffer_kind(loop, tcp_pair, kind):
     first, got_first, second, got_second = run(loop, main())
     assert (first, got_first) == (size, bytes(range(1, size + 1)))
     assert (second, got_second) == (5, b"later")
+
+
+@pytest.mark.parametrize(
+    ("kind", "nbytes"),
+    [("bytearray", 0), ("bytearray", 5), ("slice of a bytearray", 0), ("array of ints", 0)],
+)
+def test_sock_recvfrom_into_every_writable_buffer_kind(loop, udp_pair, kind, nbytes):
+    """What ``sock_recvfrom_into`` writes and returns, with ``nbytes`` given or not (then
+    ``len(buf)``, an item count, as on the stdlib loop); a datagram already there and one
+    that comes while it waits."""
+    a, b = udp_pair
+    target = writable_buffer(kind)
+    limit = nbytes or len(target)
+
+    async def main():
+        a.sendto(bytes(range(1, 40)), b.getsockname())
+        first = await loop.sock_recvfrom_into(b, target, nbytes)
+        got_first = bytes(memoryview(target).cast("B"))[: first[0]]
+        waiting = loop.create_task(loop.sock_recvfrom_into(b, target, nbytes))
+        await iterations()
+        a.sendto(b"late", b.getsockname())
+        second = await waiting
+        return first, got_first, second, bytes(memoryview(target).cast("B"))[: second[0]]
+
+    first, got_first, second, got_second = run(loop, main())
+    assert first == (limit, a.getsockname())
+    assert got_first == bytes(range(1, limit + 1))
+    assert second == (min(4, limit), a.getsockname())
+    assert got_second == b"late"[:limit]
 
 
 def test_sock_sendto_recvfrom_and_recvfrom_into(loop, udp_pair):
@@ -198,6 +232,9 @@ def test_sock_sendto_and_recvfrom_of_every_buffer_kind(loop, udp_pair, kind):
         ("sendto", b"x", ("127.0.0.1", 70000)),
         ("sendto", "text", ("127.0.0.1", 9)),
         ("sendto", memoryview(b"abcd")[::2], ("127.0.0.1", 9)),
+        ("recvfrom_into", bytearray(4), 8),
+        ("recvfrom_into", bytearray(4), -1),
+        ("recvfrom_into", b"read-only", 0),
         ("sendto", b"x", ("not an address at all", 9)),
     ],
 )

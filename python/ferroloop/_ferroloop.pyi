@@ -23,6 +23,7 @@ __all__ = [
     "_sock_connect_now",
     "_sock_recv_into_now",
     "_sock_recv_now",
+    "_sock_recvfrom_into_now",
     "_sock_recvfrom_now",
     "_sock_send_now",
     "_sock_sendto_now",
@@ -284,6 +285,10 @@ def _sock_recv_now(sock: socket.socket, n: int) -> bytes | None:
 
 def _sock_recv_into_now(sock: socket.socket, buf: Any) -> int | None:
     """``sock.recv_into(buf)``, or None where that would raise
+    BlockingIOError/InterruptedError."""
+
+def _sock_recvfrom_into_now(sock: socket.socket, buf: Any, nbytes: int) -> tuple[int, Any] | None:
+    """``sock.recvfrom_into(buf, nbytes)``, or None where that would raise
     BlockingIOError/InterruptedError."""
 
 def _sock_recvfrom_now(sock: socket.socket, bufsize: int) -> tuple[bytes, Any] | None:

@@ -35,6 +35,7 @@ from ._ferroloop import (
     _sock_connect_now,
     _sock_recv_into_now,
     _sock_recv_now,
+    _sock_recvfrom_into_now,
     _sock_recvfrom_now,
     _sock_send_now,
     _sock_sendto_now,
@@ -277,11 +278,13 @@ class SockMixin:
             raise ValueError(_MUST_BE_NONBLOCKING)
         if not nbytes:
             nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except _NOT_READY:
-            pass
-        return await self._sock_retry(self._sock_readable, sock, "recvfrom_into", buf, nbytes)
+        # sock.recvfrom_into(buf, nbytes), None when not ready: see src/sock.rs.
+        received = _sock_recvfrom_into_now(sock, buf, nbytes)
+        if received is None:
+            received = await self._sock_when_ready(
+                self._sock_readable, sock, _sock_recvfrom_into_now, sock, buf, nbytes
+            )
+        return received
 
     # ---- sending --------------------------------------------------------------------
 
