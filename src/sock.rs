@@ -35,24 +35,14 @@ pub fn _sock_recv_now<'py>(
     let py = sock.py();
     if let (Some(fd), Ok(size)) = (plain_nonblocking_fd(sock)?, n.extract::<isize>()) {
         if size > 0 && size as usize <= READ_CHUNK {
-            let size = size as usize;
-            loop {
-                let received = READ_BUFFER.with_borrow_mut(|buf| {
+            let data = retrying(py, || {
+                READ_BUFFER.with_borrow_mut(|buf| {
                     // SAFETY: `buf` holds READ_CHUNK >= size writable bytes.
-                    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), size, 0) };
-                    match n {
-                        n if n >= 0 => Ok(PyBytes::new(py, &buf[..n as usize])),
-                        _ => Err(std::io::Error::last_os_error()),
-                    }
-                });
-                match received {
-                    Ok(data) => return Ok(Some(data.into_any())),
-                    Err(err) => match after_failure(py, err)? {
-                        Retry::Again => continue,
-                        Retry::Later => return Ok(None),
-                    },
-                }
-            }
+                    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), size as usize, 0) };
+                    counted(n).map(|n| PyBytes::new(py, &buf[..n]).into_any())
+                })
+            })?;
+            return Ok(data);
         }
     }
     none_if_not_ready(py, sock.call_method1(intern!(py, "recv"), (n,)))
@@ -67,7 +57,13 @@ pub fn _sock_send_now<'py>(
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = sock.py();
     if let Some(fd) = plain_nonblocking_fd(sock)? {
-        if let Some(sent) = with_plain_bytes(data, |bytes| send(py, fd, bytes))? {
+        let sent = with_plain_bytes(data, |bytes| {
+            // SAFETY: `bytes` is valid for reads of its length for the call.
+            retrying(py, || {
+                counted(unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), 0) })
+            })
+        })?;
+        if let Some(sent) = sent {
             return count_or_none(py, sent?);
         }
     }
@@ -113,16 +109,7 @@ pub fn _sock_connect_now(sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) ->
             };
         }
     }
-    match sock.call_method1(intern!(py, "connect"), (address,)) {
-        Ok(_) => Ok(true),
-        Err(err)
-            if err.is_instance_of::<PyBlockingIOError>(py)
-                || err.is_instance_of::<PyInterruptedError>(py) =>
-        {
-            Ok(false)
-        }
-        Err(err) => Err(err),
-    }
+    Ok(none_if_not_ready(py, sock.call_method1(intern!(py, "connect"), (address,)))?.is_some())
 }
 
 /// `sock.recvfrom(bufsize)`, or `None` where that would raise `BlockingIOError` or
@@ -136,43 +123,16 @@ pub fn _sock_recvfrom_now<'py>(
     let py = sock.py();
     if let (Some(fd), Ok(size)) = (plain_inet4_datagram_fd(sock)?, bufsize.extract::<isize>()) {
         if size > 0 && size as usize <= READ_CHUNK {
-            loop {
-                // SAFETY: all-zero is a valid sockaddr_in.
-                let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-                let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                let received = READ_BUFFER.with_borrow_mut(|buf| {
-                    // SAFETY: `buf` holds READ_CHUNK >= size writable bytes; `peer` is
-                    // writable for `len` bytes, which the kernel is told.
-                    let n = unsafe {
-                        libc::recvfrom(
-                            fd,
-                            buf.as_mut_ptr().cast(),
-                            size as usize,
-                            0,
-                            (&raw mut peer).cast(),
-                            &mut len,
-                        )
-                    };
-                    match n {
-                        n if n >= 0 => Ok(PyBytes::new(py, &buf[..n as usize])),
-                        _ => Err(std::io::Error::last_os_error()),
-                    }
-                });
-                match received {
-                    Ok(data) => {
-                        let address = match inet4::from_sockaddr(&peer, len) {
-                            Some((ip, port)) => inet4::address(py, ip, port)?,
-                            None => py.None().into_bound(py),
-                        };
-                        let pair = (data, address).into_pyobject(py)?;
-                        return Ok(Some(pair.into_any()));
-                    }
-                    Err(err) => match after_failure(py, err)? {
-                        Retry::Again => continue,
-                        Retry::Later => return Ok(None),
-                    },
-                }
-            }
+            let received = retrying(py, || {
+                READ_BUFFER.with_borrow_mut(|buf| {
+                    // SAFETY: `buf` holds READ_CHUNK >= size writable bytes.
+                    unsafe { recvfrom(fd, buf.as_mut_ptr().cast(), size as usize) }
+                        .map(|(n, peer, len)| (PyBytes::new(py, &buf[..n]), peer, len))
+                })
+            })?;
+            return received
+                .map(|(data, peer, len)| pair(py, data.into_any(), &peer, len))
+                .transpose();
         }
     }
     none_if_not_ready(py, sock.call_method1(intern!(py, "recvfrom"), (bufsize,)))
@@ -189,18 +149,12 @@ pub fn _sock_recv_into_now<'py>(
     let py = sock.py();
     if let Some(fd) = plain_nonblocking_fd(sock)? {
         if let Some(target) = WritableBuffer::of(buf) {
-            loop {
-                // SAFETY: `target` holds a writable buffer of `len` bytes, exported for us
-                // until it is dropped; `recv` runs no Python code.
-                let n = unsafe { libc::recv(fd, target.ptr(), target.len(), 0) };
-                if n >= 0 {
-                    return count_or_none(py, Some(n as usize));
-                }
-                match after_failure(py, std::io::Error::last_os_error())? {
-                    Retry::Again => continue,
-                    Retry::Later => return Ok(None),
-                }
-            }
+            // SAFETY: `target` holds a writable buffer of `len` bytes, exported for us until
+            // it is dropped.
+            let received = retrying(py, || {
+                counted(unsafe { libc::recv(fd, target.ptr(), target.len(), 0) })
+            })?;
+            return count_or_none(py, received);
         }
     }
     none_if_not_ready(py, sock.call_method1(intern!(py, "recv_into"), (buf,)))
@@ -220,34 +174,12 @@ pub fn _sock_recvfrom_into_now<'py>(
         if let Some(target) =
             WritableBuffer::of(buf).filter(|b| size > 0 && size as usize <= b.len())
         {
-            loop {
-                // SAFETY: all-zero is a valid sockaddr_in.
-                let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-                let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                // SAFETY: `target` holds a writable buffer of at least `size` bytes, exported
-                // for us until it is dropped; `peer` is writable for `len` bytes.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd,
-                        target.ptr(),
-                        size as usize,
-                        0,
-                        (&raw mut peer).cast(),
-                        &mut len,
-                    )
-                };
-                if n >= 0 {
-                    let address = match inet4::from_sockaddr(&peer, len) {
-                        Some((ip, port)) => inet4::address(py, ip, port)?,
-                        None => py.None().into_bound(py),
-                    };
-                    return Ok(Some((n as usize, address).into_pyobject(py)?.into_any()));
-                }
-                match after_failure(py, std::io::Error::last_os_error())? {
-                    Retry::Again => continue,
-                    Retry::Later => return Ok(None),
-                }
-            }
+            // SAFETY: `target` holds a writable buffer of at least `size` bytes, exported for
+            // us until it is dropped.
+            let received = retrying(py, || unsafe { recvfrom(fd, target.ptr(), size as usize) })?;
+            return received
+                .map(|(n, peer, len)| pair(py, n.into_pyobject(py)?.into_any(), &peer, len))
+                .transpose();
         }
     }
     none_if_not_ready(
@@ -318,27 +250,7 @@ pub fn _sock_sendto_now<'py>(
         let target = inet4::sockaddr(ip, port);
         let sent = with_plain_bytes(data, |bytes| -> PyResult<Option<usize>> {
             inet4::audit(sock, c"socket.sendto", address)?;
-            loop {
-                // SAFETY: `bytes` is readable for its length and `target` is a sockaddr_in
-                // of the size given.
-                let n = unsafe {
-                    libc::sendto(
-                        fd,
-                        bytes.as_ptr().cast(),
-                        bytes.len(),
-                        0,
-                        (&raw const target).cast(),
-                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                };
-                if n >= 0 {
-                    return Ok(Some(n as usize));
-                }
-                match after_failure(py, std::io::Error::last_os_error())? {
-                    Retry::Again => continue,
-                    Retry::Later => return Ok(None),
-                }
-            }
+            retrying(py, || counted(inet4::send_to(fd, bytes, &target)))
         })?;
         if let Some(sent) = sent {
             return count_or_none(py, sent?);
@@ -405,39 +317,61 @@ fn plain_nonblocking_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
     Ok((fd >= 0).then_some(fd))
 }
 
-/// One `send` of `data`: the count sent, or `None` if the socket would block.
-fn send(py: Python<'_>, fd: RawFd, data: &[u8]) -> PyResult<Option<usize>> {
+/// `attempt` (a socket call) until it does not fail with EINTR (PEP 475: signal handlers
+/// run between tries, and one that raises ends it): its result, or None when the socket is
+/// not ready; any other failure is the exception the socket method raises.
+fn retrying<T>(
+    py: Python<'_>,
+    mut attempt: impl FnMut() -> std::io::Result<T>,
+) -> PyResult<Option<T>> {
     loop {
-        // SAFETY: `data` is valid for reads of its length for the call.
-        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), 0) };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        match after_failure(py, std::io::Error::last_os_error())? {
-            Retry::Again => continue,
-            Retry::Later => return Ok(None),
+        match attempt() {
+            Ok(value) => return Ok(Some(value)),
+            Err(err) => match err.kind() {
+                std::io::ErrorKind::Interrupted => py.check_signals()?,
+                std::io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(os_error(py, err)),
+            },
         }
     }
 }
 
-enum Retry {
-    /// Interrupted by a signal whose handler did not raise: make the call again (PEP 475).
-    Again,
-    /// Not ready: wait for the socket.
-    Later,
+/// A syscall's count, or its error.
+fn counted(n: isize) -> std::io::Result<usize> {
+    if n >= 0 {
+        Ok(n as usize)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
-/// What to do after a failed socket call; for anything but EINTR and EAGAIN, the
-/// exception the socket method raises.
-fn after_failure(py: Python<'_>, err: std::io::Error) -> PyResult<Retry> {
-    match err.kind() {
-        std::io::ErrorKind::Interrupted => {
-            py.check_signals()?;
-            Ok(Retry::Again)
-        }
-        std::io::ErrorKind::WouldBlock => Ok(Retry::Later),
-        _ => Err(os_error(py, err)),
-    }
+/// One `recvfrom` of at most `size` bytes into `buf`: the count and the sender's address.
+///
+/// # Safety
+/// `buf` is writable for `size` bytes.
+unsafe fn recvfrom(
+    fd: RawFd,
+    buf: *mut libc::c_void,
+    size: usize,
+) -> std::io::Result<(usize, libc::sockaddr_in, libc::socklen_t)> {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `buf` is writable for `size` bytes (the caller's promise) and `peer` for
+    // `len` bytes, which the kernel is told.
+    let n = unsafe { libc::recvfrom(fd, buf, size, 0, (&raw mut peer).cast(), &mut len) };
+    counted(n).map(|n| (n, peer, len))
+}
+
+/// `(first, address)`, the address being the sender's as the socket module gives it.
+fn pair<'py>(
+    py: Python<'py>,
+    first: Bound<'py, PyAny>,
+    peer: &libc::sockaddr_in,
+    len: libc::socklen_t,
+) -> PyResult<Bound<'py, PyAny>> {
+    let address = inet4::address_of(py, peer, len)?;
+    Ok((first, address).into_pyobject(py)?.into_any())
 }
 
 /// The socket method's result, or `None` for its would-block errors.

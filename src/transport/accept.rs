@@ -174,10 +174,7 @@ fn peer_address<'py>(
             // SAFETY: the kernel wrote an AF_INET address, a sockaddr_in, into storage
             // large and aligned enough for any sockaddr.
             let addr = unsafe { &*(peer as *const libc::sockaddr_storage).cast() };
-            match inet4::from_sockaddr(addr, len) {
-                Some((ip, port)) => inet4::address(py, ip, port),
-                None => Ok(py.None().into_bound(py)),
-            }
+            inet4::address_of(py, addr, len)
         }
         libc::AF_INET6 => {
             // SAFETY: as above, for a sockaddr_in6.

@@ -247,6 +247,35 @@ pub fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     }
 }
 
+/// The address `recvfrom`/`accept` report for `len` bytes of `addr`, as the socket module
+/// gives it: `(host, port)`, or None when the kernel gave no IPv4 address.
+pub fn address_of<'py>(
+    py: Python<'py>,
+    addr: &libc::sockaddr_in,
+    len: libc::socklen_t,
+) -> PyResult<Bound<'py, PyAny>> {
+    match from_sockaddr(addr, len) {
+        Some((ip, port)) => address(py, ip, port),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+/// One `sendto` of `data` to `target`: what the syscall returned.
+pub fn send_to(fd: RawFd, data: &[u8], target: &libc::sockaddr_in) -> isize {
+    // SAFETY: `data` is readable for its length and `target` is a sockaddr_in of the size
+    // given.
+    unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (target as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    }
+}
+
 /// `sock.sendto(data, addr)`, or None when `addr` is for the socket object to parse.
 pub fn sendto(
     sock: &Bound<'_, PyAny>,
@@ -261,18 +290,7 @@ pub fn sendto(
     };
     audit(sock, c"socket.sendto", addr)?;
     let target = sockaddr(ip, port);
-    // SAFETY: `data` is readable for its length and `target` is a sockaddr_in of the size
-    // given.
-    let sent = retry_interrupted(|| unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            0,
-            (&raw const target).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    });
+    let sent = retry_interrupted(|| send_to(fd, data, &target));
     Ok(Some(match sent {
         Ok(_) => Outcome::Done(()),
         Err(err) => failed(py, err),
