@@ -108,12 +108,25 @@ impl FdWatch {
     }
 
     fn interest(&self) -> Option<Interest> {
-        match (self.reader.is_some(), self.writer.is_some()) {
-            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-            (true, false) => Some(Interest::READABLE),
-            (false, true) => Some(Interest::WRITABLE),
-            (false, false) => None,
+        interest_of(self.reader.is_some(), self.writer.is_some())
+    }
+
+    /// The interest with a watcher on `side` too.
+    fn interest_with(&self, side: Side) -> Option<Interest> {
+        match side {
+            Side::Read => interest_of(true, self.writer.is_some()),
+            Side::Write => interest_of(self.reader.is_some(), true),
         }
+    }
+}
+
+/// The epoll interest of an fd watched for reading and/or writing.
+fn interest_of(read: bool, write: bool) -> Option<Interest> {
+    match (read, write) {
+        (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+        (true, false) => Some(Interest::READABLE),
+        (false, true) => Some(Interest::WRITABLE),
+        (false, false) => None,
     }
 }
 
@@ -240,20 +253,13 @@ impl FdWatchers {
         side: Side,
         handle: Py<Handle>,
     ) -> Result<Option<Py<Handle>>, (std::io::Error, Py<Handle>)> {
-        let mut handle = handle;
         if let Some(watch) = self.watches.get_mut(&fd) {
-            if watch.slot(side).is_none() {
+            if watch.slot(side).is_none() && watch.interest_with(side) == watch.registered {
                 *watch.slot(side) = Some(handle);
-                if watch.interest() == watch.registered {
-                    return Ok(None);
-                }
-                // The registration needs changing: as `add` does it.
-                match watch.slot(side).take() {
-                    Some(taken) => handle = taken,
-                    None => return Ok(None),
-                }
+                return Ok(None);
             }
         }
+        // Not parked, or the registration needs changing: as `add` does it.
         self.add(registry, fd, side, handle)
     }
 
